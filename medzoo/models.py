@@ -1,0 +1,117 @@
+"""Backbones, the Barlow Twins projector, linear heads and surgical layer groups.
+
+Backbones are plain timm models created with ``num_classes=0`` so that their state dict is
+exactly what ``timm.create_model(arch, num_classes=0)`` loads. The projector and the Barlow
+Twins wrapper exist only during pre-training; only the backbone is saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from medzoo.errors import MedzooError
+
+# Parameter-name prefixes of a timm ResNet, in depth order. "stem" is conv1 + bn1.
+RESNET_LAYER_GROUPS: dict[str, tuple[str, ...]] = {
+    "stem": ("conv1.", "bn1."),
+    "layer1": ("layer1.",),
+    "layer2": ("layer2.",),
+    "layer3": ("layer3.",),
+    "layer4": ("layer4.",),
+    "head": ("fc.", "head.", "classifier."),
+}
+
+
+def create_backbone(
+    arch: str = "resnet18",
+    in_chans: int = 3,
+    num_classes: int = 0,
+    pretrained: bool = False,
+    pretrained_tag: str | None = None,
+) -> nn.Module:
+    """A timm model; ``num_classes=0`` gives the pooled-feature backbone.
+
+    ``pretrained=True`` downloads timm's weights (``arch.tag``); timm adapts the ImageNet conv1
+    for ``in_chans=1`` by summing over the colour channels.
+    """
+    import timm
+
+    name = f"{arch}.{pretrained_tag}" if pretrained_tag else arch
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise MedzooError(f"unknown timm architecture '{arch}' (try resnet18)") from None
+        raise
+
+
+class Projector(nn.Sequential):
+    """The Barlow Twins projector: Linear-BN-ReLU blocks, then a final Linear without bias.
+
+    With ``dims=(2048, 2048, 2048)`` on a ResNet-18 this is the paper's 512 -> 2048 -> 2048 ->
+    2048 with BN + ReLU after the first two layers.
+    """
+
+    def __init__(self, in_dim: int, dims: Sequence[int]) -> None:
+        layers: list[nn.Module] = []
+        sizes = [in_dim, *dims]
+        for i in range(len(sizes) - 2):
+            layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), nn.BatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
+        super().__init__(*layers)
+
+
+class BarlowTwinsModel(nn.Module):
+    """Backbone + projector; ``forward`` returns the projected embeddings of one view."""
+
+    def __init__(self, backbone: nn.Module, projector_dims: Sequence[int]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = Projector(backbone.num_features, projector_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.backbone(x))
+
+
+def group_of(param_name: str, groups: dict[str, tuple[str, ...]] = RESNET_LAYER_GROUPS) -> str | None:
+    for group, prefixes in groups.items():
+        if param_name.startswith(prefixes):
+            return group
+    return None
+
+
+def check_layer_groups(names: Iterable[str]) -> None:
+    """Raise a one-line error if a surgical layer group does not exist in a ResNet."""
+    for name in names:
+        if name not in RESNET_LAYER_GROUPS:
+            raise MedzooError(
+                f"unknown layer group '{name}': choose from {', '.join(RESNET_LAYER_GROUPS)}"
+            )
+
+
+def freeze_except(model: nn.Module, trainable_groups: Iterable[str]) -> list[str]:
+    """Freeze every parameter outside ``trainable_groups`` ("head" is the classifier).
+
+    Frozen BatchNorm layers are put in eval mode by :func:`set_frozen_bn_eval`, which must be
+    called after every ``model.train()``. Returns the names of the trainable parameters.
+    """
+    trainable_groups = set(trainable_groups)
+    check_layer_groups(trainable_groups)
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad = group_of(name) in trainable_groups
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def set_frozen_bn_eval(model: nn.Module) -> None:
+    """Keep BatchNorm layers whose parameters are all frozen in eval mode (running stats fixed)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
