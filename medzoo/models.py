@@ -48,6 +48,46 @@ def create_backbone(
         raise
 
 
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose batch statistics are those of the global batch under DDP.
+
+    The sums are reduced with ``torch.distributed.nn.all_reduce``, which is autograd-aware, so
+    gradients flow through the statistics of every rank's samples, as they would for one
+    process on the concatenated batch. Unlike ``nn.SyncBatchNorm`` it also runs on CPU with the
+    gloo backend (tests, torchrun on CPU). Outside DDP it is exactly ``nn.BatchNorm1d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _distributed()):
+            return super().forward(x)
+        import torch.distributed.nn as dist_nn
+
+        dtype = x.dtype
+        x = x.float()
+        channels = x.shape[1]
+        count = torch.full((1,), float(x.shape[0]), device=x.device)
+        stats = dist_nn.all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                unbiased = var * total / (total - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
+                self.num_batches_tracked += 1
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(dtype)
+
+
 class Projector(nn.Sequential):
     """The Barlow Twins projector: Linear-BN-ReLU blocks, then a final Linear without bias.
 
@@ -59,7 +99,7 @@ class Projector(nn.Sequential):
         layers: list[nn.Module] = []
         sizes = [in_dim, *dims]
         for i in range(len(sizes) - 2):
-            layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), nn.BatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), GlobalBatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
         super().__init__(*layers)
 
