@@ -13,11 +13,21 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "list_models", "load", "model_info"]
 
 
-def load(name: str, num_classes: int | None = None, pretrained: bool = True, device: Any = None) -> Any:
-    """A timm model in eval mode with the zoo entry's weights (sha256 checked before loading)."""
+def load(
+    name: str,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    device: Any = None,
+    in_chans: int | None = None,
+) -> Any:
+    """A timm model in eval mode with the zoo entry's weights (sha256 checked before loading).
+
+    ``name`` is a zoo name (``medzoo.list_models()``), ``hf-hub:ORG/NAME`` or ``local-dir:PATH``.
+    ``num_classes`` puts a new head on a backbone; ``in_chans`` adapts conv1 as timm does.
+    """
     from medzoo.zoo.index import load as _load
 
-    return _load(name, num_classes=num_classes, pretrained=pretrained, device=device)
+    return _load(name, num_classes=num_classes, pretrained=pretrained, device=device, in_chans=in_chans)
 
 
 def list_models() -> list[str]:
