@@ -80,7 +80,7 @@ def _cli(args: list[str]) -> list[str]:
 
 
 def test_sigkill_then_resume_gives_the_same_weights(synth_root: Path, tmp_path: Path) -> None:
-    sets = [f"--set={s}" for s in [*TINY, "training.epochs=4", "training.checkpoint_every_steps=3"]]
+    sets = [f"--set={s}" for s in [*TINY, "training.epochs=2", "training.checkpoint_every_steps=3"]]
     common = ["pretrain", str(DEMO), "--data-root", str(synth_root), "--no-register", "--no-progress", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli([*common, "--out", str(tmp_path / "a")]), check=True, env=env, capture_output=True)
@@ -93,7 +93,7 @@ def test_sigkill_then_resume_gives_the_same_weights(synth_root: Path, tmp_path: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = torch.load(ckpt, weights_only=True)["step"]
-    assert 0 < killed_at < 4 * (108 // 16), "the kill must land mid-run"
+    assert 0 < killed_at < 2 * (108 // 16), "the kill must land mid-run"
 
     subprocess.run(_cli([*common, "--out", str(tmp_path / "b"), "--resume"]), check=True, env=env, capture_output=True)
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
@@ -153,7 +153,7 @@ def test_existing_run_needs_resume(synth_root: Path, tmp_path: Path) -> None:
 def test_torchrun_two_gloo_processes(synth_root: Path, tmp_path: Path) -> None:
     sets = [f"--set={s}" for s in [*TINY, "training.max_steps=3", 'training.device="cpu"']]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "medzoo", "pretrain", str(DEMO), "--data-root", str(synth_root), "--out", str(tmp_path / "run"),
         "--no-progress", *sets,
     ]  # fmt: skip
