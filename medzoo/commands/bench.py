@@ -1,9 +1,113 @@
-"""CLI commands: placeholder until the module lands."""
+"""CLI: ``medzoo bench NAME`` (inference providers) and ``medzoo bench pretrain RECIPE`` (training)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+DESCRIPTION = """\
+Two benchmarks share this command:
+
+  medzoo bench NAME [--batch-sizes 1,8,32] [--providers cpu,cuda,tensorrt] [--out DIR]
+      inference latency (p50/p95) and throughput of zoo model NAME in torch (eager,
+      channels_last, --compile) and onnxruntime (CPU, int8 when exported, CUDA with
+      IOBinding, TensorRT); writes bench.json and bench.md (default: exports/NAME/).
+      Providers that cannot run here are reported as not available.
+
+  medzoo bench pretrain RECIPE [--steps N] [--data-root ROOT] [--set key=value ...]
+      pre-training steps per second and images per second for a recipe.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    return None
+    parser = subparsers.add_parser(
+        "bench",
+        help="benchmark inference of a zoo model, or pre-training of a recipe",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "target", metavar="NAME|pretrain", help="a zoo model name, or the word `pretrain`"
+    )
+    parser.add_argument(
+        "recipe", nargs="?", metavar="RECIPE", help="with `pretrain`: the recipe TOML file"
+    )
+    model = parser.add_argument_group("inference (medzoo bench NAME)")
+    model.add_argument(
+        "--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)"
+    )
+    model.add_argument(
+        "--providers", default="cpu", help="comma-separated: cpu, cuda, tensorrt (default cpu)"
+    )
+    model.add_argument("--out", metavar="DIR", help="report folder (default exports/NAME)")
+    model.add_argument(
+        "--export-dir", metavar="DIR", help="the model's ONNX export (default exports/NAME)"
+    )
+    model.add_argument(
+        "--iterations", type=int, default=20, help="timed iterations per batch size (default 20)"
+    )
+    model.add_argument(
+        "--warmup", type=int, default=3, help="discarded warm-up iterations (default 3)"
+    )
+    model.add_argument("--compile", action="store_true", help="add torch.compile rows")
+    model.add_argument(
+        "--no-torch", action="store_true", help="skip the torch rows (onnxruntime only)"
+    )
+    train = parser.add_argument_group("pre-training (medzoo bench pretrain RECIPE)")
+    train.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
+    train.add_argument(
+        "--data-root", metavar="ROOT", help="MIMeta root (default MEDZOO_DATA or data/mimeta)"
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value (repeatable)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medzoo.errors import MedzooError
+
+    if args.target == "pretrain":
+        if not args.recipe:
+            raise MedzooError(
+                "medzoo bench pretrain needs a recipe: medzoo bench pretrain recipes/pretrain-crc.toml"
+            )
+        return _pretrain(args)
+    if args.recipe:
+        raise MedzooError(
+            f"unexpected argument {args.recipe!r}: a recipe goes with `medzoo bench pretrain RECIPE`"
+        )
+    if args.overrides:
+        raise MedzooError("--set only applies to `medzoo bench pretrain RECIPE`")
+    from medzoo.export.bench import parse_batch_sizes, run_bench
+
+    report = run_bench(
+        args.target,
+        batch_sizes=parse_batch_sizes(args.batch_sizes),
+        providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        out=args.out,
+        export_dir=args.export_dir,
+        iterations=args.iterations,
+        warmup=args.warmup,
+        compile=args.compile,
+        torch_baseline=not args.no_torch,
+    )
+    from pathlib import Path
+
+    print(Path(report["out_dir"], "bench.md").read_text(), end="")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from medzoo import pretrain
+    from medzoo.config import load_pretrain_config
+
+    cfg = load_pretrain_config(args.recipe, args.overrides)
+    result = pretrain.benchmark(cfg, steps=args.steps, data_root=args.data_root)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
