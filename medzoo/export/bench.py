@@ -1,0 +1,485 @@
+"""Latency and throughput of a zoo model in torch and in onnxruntime's providers.
+
+Backends (each at every batch size; warm-up iterations are run and discarded):
+
+- ``torch-eager`` (fp32, NCHW) - the reference every ratio is taken against;
+- ``torch-channels-last``, and ``torch-compile`` when asked (``compile=True``);
+- ``ort-cpu`` (fp32; graph optimisation ORT_ENABLE_ALL - which includes the NCHWc layout
+  transform, intra-op threads = physical cores, sequential execution) and ``ort-cpu-int8`` (the
+  QDQ model, when ``medzoo export --int8`` wrote one);
+- ``ort-cuda`` (IOBinding: input copied to the GPU once, output left there; the fp16 model when
+  exported) and ``ort-tensorrt`` (fp16 engines, cached), when requested.
+
+A provider counts only if ``session.get_providers()`` says it ran: onnxruntime-gpu silently falls
+back to CPU when CUDA or TensorRT cannot load, and that is reported as "not available", never
+as a CUDA figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medzoo.errors import MedzooError
+
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+BENCH_JSON = "bench.json"
+BENCH_MD = "bench.md"
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share a core's FMA units)."""
+    allowed = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
+    try:
+        cores, current = set(), {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("physical id", "core id"):
+                current[key] = value.strip()
+            elif not key and current:
+                cores.add((current.get("physical id"), current.get("core id")))
+                current = {}
+        if current:
+            cores.add((current.get("physical id"), current.get("core id")))
+        found = len(cores) if cores and None not in next(iter(cores)) else allowed
+    except OSError:
+        found = allowed
+    return max(1, min(found, allowed))
+
+
+def parse_providers(providers: Sequence[str]) -> list[str]:
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown or not providers:
+        raise MedzooError(
+            f"unknown provider {', '.join(unknown) or '(none)'}: choose from {', '.join(PROVIDERS)}"
+        )
+    return list(dict.fromkeys(providers))
+
+
+def parse_batch_sizes(batch_sizes: Sequence[int] | str) -> list[int]:
+    items = batch_sizes.split(",") if isinstance(batch_sizes, str) else list(batch_sizes)
+    try:
+        sizes = [int(v) for v in items]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise MedzooError(f"--batch-sizes {batch_sizes!r}: give positive integers like 1,8,32")
+    return sizes
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_fn(fn: Callable[[], Any], *, iterations: int, warmup: int) -> list[float]:
+    """Seconds per call of ``fn``, after ``warmup`` discarded calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarise(times: list[float], batch_size: int) -> dict[str, float]:
+    ordered = sorted(times)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p95_ms": 1000 * p95,
+        "throughput": batch_size * len(times) / sum(times),  # images per second
+        "iterations": len(times),
+    }
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def torch_runners(model: Any, *, compile: bool, device: str) -> dict[str, Callable[[Any], Any]]:
+    """name -> function of a float batch (already on ``device``)."""
+    import copy
+
+    import torch
+
+    runners: dict[str, Callable[[Any], Any]] = {}
+    eager = model.to(device).eval()
+    if device == "cpu":
+        runners["torch-eager"] = eager
+    last = copy.deepcopy(eager).to(memory_format=torch.channels_last)
+    runners["torch-channels-last" if device == "cpu" else "torch-cuda-fp16-channels-last"] = last
+    if compile:
+        runners["torch-compile" if device == "cpu" else "torch-cuda-compile"] = torch.compile(last)
+    if device != "cpu":
+        for key in list(runners):
+            module = runners[key]
+            runners[key] = _autocast(module)
+    return runners
+
+
+def _autocast(module: Any) -> Callable[[Any], Any]:
+    import torch
+
+    def run(x: Any) -> Any:
+        with torch.autocast("cuda", dtype=torch.float16):
+            return module(x)
+
+    return run
+
+
+def bench_torch(
+    model: Any,
+    images: np.ndarray,
+    meta: dict[str, Any],
+    batch_sizes: Sequence[int],
+    *,
+    compile: bool,
+    device: str,
+    iterations: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    import torch
+
+    from medzoo.export.onnx import normalize
+
+    rows = []
+    data = normalize(images, meta["mean"], meta["std"]).to(device)
+    for backend, run in torch_runners(model, compile=compile, device=device).items():
+        for batch_size in batch_sizes:
+            x = data[:batch_size]
+            if "channels-last" in backend or "compile" in backend:
+                x = x.contiguous(memory_format=torch.channels_last)
+
+            def step(x: Any = x, run: Callable[[Any], Any] = run) -> None:
+                with torch.inference_mode():
+                    run(x)
+                if device != "cpu":
+                    torch.cuda.synchronize()
+
+            stats = summarise(time_fn(step, iterations=iterations, warmup=warmup), batch_size)
+            rows.append(
+                {
+                    "backend": backend,
+                    "device": device,
+                    "precision": "fp16" if device != "cpu" else "fp32",
+                    "batch_size": batch_size,
+                    **stats,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+
+def ort_session(
+    path: Path,
+    provider: str,
+    *,
+    threads: int,
+    trt_cache: Path | None = None,
+    max_batch: int = 32,
+    input_shape: Sequence[int] = (),
+) -> tuple[Any | None, str]:
+    """A tuned session for ``provider`` (cpu, cuda, tensorrt), or (None, why it did not run)."""
+    import onnxruntime as ort
+
+    if PROVIDERS[provider] not in ort.get_available_providers():
+        return None, f"this onnxruntime build has no {PROVIDERS[provider]}"
+    options = ort.SessionOptions()
+    options.log_severity_level = 4 if provider != "cpu" else 3  # fallbacks are reported below
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convolutions
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    chain: list[Any] = []
+    if provider == "tensorrt":
+        shape = "x".join(str(v) for v in input_shape)
+        chain.append(
+            (
+                "TensorrtExecutionProvider",
+                {
+                    "trt_fp16_enable": True,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(trt_cache or path.parent / "trt_cache"),
+                    "trt_profile_min_shapes": f"input:1x{shape}",
+                    "trt_profile_opt_shapes": f"input:{max_batch}x{shape}",
+                    "trt_profile_max_shapes": f"input:{max_batch}x{shape}",
+                },
+            )
+        )
+    if provider in ("cuda", "tensorrt"):
+        # NHWC convolutions use the tensor cores without layout transposes around each conv
+        chain.append(("CUDAExecutionProvider", {"prefer_nhwc": "1"}))
+    chain.append("CPUExecutionProvider")
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured):  # onnxruntime prints its EP fallback
+            session = ort.InferenceSession(str(path), options, providers=chain)
+    except Exception as err:  # a provider that cannot even fall back: not available
+        return None, str(err).strip().splitlines()[0]
+    if session.get_providers()[0] != PROVIDERS[provider]:
+        reason = next(
+            (ln for ln in captured.getvalue().splitlines() if ln.startswith("EP Error ")), ""
+        )
+        return (
+            None,
+            f"{PROVIDERS[provider]} requested, onnxruntime ran {session.get_providers()} {reason}".strip(),
+        )
+    return session, ""
+
+
+def bench_ort(
+    session: Any,
+    feed: np.ndarray,
+    batch_sizes: Sequence[int],
+    *,
+    device: str,
+    iterations: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    import onnxruntime as ort
+
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+    rows = []
+    for batch_size in batch_sizes:
+        x = np.ascontiguousarray(feed[:batch_size])
+        if device == "cpu":
+
+            def step(x: np.ndarray = x) -> None:
+                session.run([output_name], {input_name: x})
+
+        else:  # IOBinding: the batch lives on the GPU, the output stays there
+            binding = session.io_binding()
+            binding.bind_ortvalue_input(input_name, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            binding.bind_output(output_name, "cuda")
+
+            def step(binding: Any = binding) -> None:
+                session.run_with_iobinding(binding)
+
+        stats = summarise(time_fn(step, iterations=iterations, warmup=warmup), batch_size)
+        rows.append({"batch_size": batch_size, **stats})
+    return rows
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def _ort_backends(export_dir: Path, providers: Sequence[str]) -> list[tuple[str, str, str, Path]]:
+    """(backend, provider, precision, file) for every ONNX run the export folder allows."""
+    from medzoo.export.onnx import FP16_FILE, INT8_FILE, MODEL_FILE
+
+    out = []
+    if "cpu" in providers:
+        out.append(("ort-cpu", "cpu", "fp32", export_dir / MODEL_FILE))
+        if (export_dir / INT8_FILE).is_file():
+            out.append(("ort-cpu-int8", "cpu", "int8", export_dir / INT8_FILE))
+    if "cuda" in providers:
+        fp16 = (export_dir / FP16_FILE).is_file()
+        out.append(
+            (
+                "ort-cuda",
+                "cuda",
+                "fp16" if fp16 else "fp32",
+                export_dir / (FP16_FILE if fp16 else MODEL_FILE),
+            )
+        )
+    if "tensorrt" in providers:  # TensorRT builds its own fp16 engine from the fp32 graph
+        out.append(("ort-tensorrt", "tensorrt", "fp16", export_dir / MODEL_FILE))
+    return out
+
+
+def _ensure_export(name: str, export_dir: Path, entry: Any) -> None:
+    from medzoo.export.onnx import MODEL_FILE, export_model, read_metadata
+
+    path = export_dir / MODEL_FILE
+    if not path.is_file():
+        export_model(name, export_dir)
+    elif read_metadata(path).get("sha256", "") != (entry.sha256 or ""):
+        raise MedzooError(
+            f"{path} was exported from other weights than {name}; run `medzoo export {name} --out {export_dir}` again"
+        )
+
+
+def run_bench(
+    name: str,
+    *,
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    providers: Sequence[str] = ("cpu",),
+    out: str | os.PathLike[str] | None = None,
+    export_dir: str | os.PathLike[str] | None = None,
+    iterations: int = 20,
+    warmup: int = 3,
+    compile: bool = False,
+    torch_baseline: bool = True,
+) -> dict[str, Any]:
+    """Benchmark zoo model ``name``; write ``bench.json`` and ``bench.md`` to ``out``.
+
+    Args:
+        name: a zoo name; its export (``export_dir``, default ``exports/NAME``) is made first
+            when missing (fp32); fp16 and int8 files found there are benchmarked too.
+        batch_sizes: latency and throughput are measured at each.
+        providers: ``cpu``, ``cuda``, ``tensorrt``; those that cannot run here are listed under
+            ``unavailable`` with the reason.
+        out: folder for the reports (default: the export folder).
+        iterations, warmup: timed and discarded calls per (backend, batch size).
+        compile: add ``torch.compile`` rows.
+        torch_baseline: run the torch rows (ratios are taken against ``torch-eager``).
+    """
+    import torch
+
+    from medzoo.export.onnx import (
+        default_export_dir,
+        entry_metadata,
+        normalize,
+        random_images,
+        read_metadata,
+    )
+    from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
+    from medzoo.zoo.index import load, model_info
+
+    providers = parse_providers(providers)
+    batch_sizes = parse_batch_sizes(batch_sizes)
+    if iterations < 1 or warmup < 0:
+        raise MedzooError("--iterations must be >= 1 and --warmup >= 0")
+    entry = model_info(name)
+    export_dir = Path(export_dir) if export_dir is not None else default_export_dir(name)
+    out_dir = Path(out) if out is not None else export_dir
+    _ensure_export(name, export_dir, entry)
+    meta = entry_metadata(entry)
+    threads = physical_cores()
+    images = random_images(meta["input_size"], max(batch_sizes), seed=0)
+    rows: list[dict[str, Any]] = []
+    unavailable: dict[str, str] = {}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the same cores for torch and onnxruntime
+    try:
+        if torch_baseline:
+            model = load(name)
+            rows += bench_torch(
+                model,
+                images,
+                meta,
+                batch_sizes,
+                compile=compile,
+                device="cpu",
+                iterations=iterations,
+                warmup=warmup,
+            )
+            if "cuda" in providers and torch.cuda.is_available():
+                rows += bench_torch(
+                    model,
+                    images,
+                    meta,
+                    batch_sizes,
+                    compile=compile,
+                    device="cuda",
+                    iterations=iterations,
+                    warmup=warmup,
+                )
+        for backend, provider, precision, path in _ort_backends(export_dir, providers):
+            session, why = ort_session(
+                path,
+                provider,
+                threads=threads,
+                trt_cache=out_dir / "trt_cache",
+                max_batch=max(batch_sizes),
+                input_shape=meta["input_size"],
+            )
+            if session is None:
+                unavailable[backend] = why
+                continue
+            uint8 = read_metadata(path).get("include_preprocessing") == "true"
+            feed = images if uint8 else normalize(images, meta["mean"], meta["std"]).numpy()
+            device = "cpu" if provider == "cpu" else "cuda"
+            for row in bench_ort(
+                session, feed, batch_sizes, device=device, iterations=iterations, warmup=warmup
+            ):
+                rows.append(
+                    {
+                        "backend": backend,
+                        "device": device,
+                        "precision": precision,
+                        "providers": session.get_providers(),
+                        "file": path.name,
+                        **row,
+                    }
+                )
+    finally:
+        torch.set_num_threads(previous_threads)
+    _add_speedups(rows)
+    report = {
+        "name": name,
+        "input_size": meta["input_size"],
+        "batch_sizes": batch_sizes,
+        "requested_providers": providers,
+        "providers_ran": sorted({p for r in rows for p in r.get("providers", [])[:1]}),
+        "unavailable": unavailable,
+        "threads": threads,
+        "cpu": _cpu_name(),
+        "iterations": iterations,
+        "warmup": warmup,
+        "results": rows,
+        **provenance(),
+    }
+    atomic_write_json(out_dir / BENCH_JSON, report)
+    atomic_write_text(out_dir / BENCH_MD, markdown_table(report))
+    report["out_dir"] = str(out_dir)
+    return report
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    eager = {r["batch_size"]: r["throughput"] for r in rows if r["backend"] == "torch-eager"}
+    for row in rows:
+        if row["batch_size"] in eager:
+            row["speedup_vs_torch_eager"] = row["throughput"] / eager[row["batch_size"]]
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    c, h, w = report["input_size"]
+    lines = [
+        f"# {report['name']}: {h}x{w} px, {c} channel(s)",
+        "",
+        f"CPU: {report['cpu']}, {report['threads']} thread(s); {report['iterations']} timed "
+        f"iterations after {report['warmup']} warm-up. Providers that ran: "
+        f"{', '.join(report['providers_ran']) or 'none'}.",
+        "",
+        "| backend | device | precision | batch | p50 ms | p95 ms | images/s | x torch eager |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        speedup = f"{r['speedup_vs_torch_eager']:.2f}" if "speedup_vs_torch_eager" in r else "-"
+        lines.append(
+            f"| {r['backend']} | {r['device']} | {r['precision']} | {r['batch_size']} | "
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput']:.1f} | {speedup} |"
+        )
+    if report["unavailable"]:
+        lines += ["", "Not available here:", ""]
+        lines += [f"- {backend}: {why}" for backend, why in report["unavailable"].items()]
+    return "\n".join(lines) + "\n"

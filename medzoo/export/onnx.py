@@ -1,0 +1,807 @@
+"""ONNX export of zoo models, with embedded metadata and a torch-vs-onnxruntime parity check.
+
+Every export is verified before it is kept: the graph passes ``onnx.checker`` (full check), runs
+in onnxruntime with batches of 1 and 7 although it was traced with a batch of 2 (the batch
+dimension really is dynamic), and gives the same outputs as the torch model on random images and,
+when the entry's datasets are available, on real test images. Anything that fails raises a
+:class:`MedzooError` and leaves nothing behind: the files are built in a temporary folder beside
+the output folder and only moved in once every check has passed.
+
+Exporter: ``torch.onnx.export(dynamo=True)``, the torch.export-based exporter. It is the default
+and the maintained path in torch >= 2.9 (the TorchScript exporter is deprecated and warns), its
+onnxscript optimiser folds BatchNorm into the convolutions, and it needs nothing from the
+network. It supports opset 18 and newer, so that is the range :func:`export_model` accepts.
+
+Files in the output folder:
+
+- ``model.onnx``: fp32, always (the reference the other precisions are checked against);
+- ``model_fp16.onnx`` with ``fp16=True``: fp16 weights and compute, fp32 inputs and outputs;
+- ``model_int8.onnx`` with ``int8=True``: onnxruntime static quantisation (QDQ), calibrated on
+  train images, kept only if its top-1 agrees with fp32 on >= 99 % of the test split;
+- ``export.json``: the :class:`ExportResult` (parity figures, agreement, metadata, provenance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medzoo.errors import MedzooError
+
+MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
+FP32_TOLERANCE = 1e-4  # max |torch - ort| / max |torch|
+FP16_TOLERANCE = 1e-2
+INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
+EXAMPLE_BATCH = 2  # traced with 2 so that no dimension is specialised to 1
+CHECK_BATCHES = (1, 7)  # neither is the traced batch: proves the batch axis is dynamic
+PARITY_REAL_IMAGES = 64  # real test images compared in every export (more adds time, not evidence)
+CALIBRATION_IMAGES = 256
+INT8_OPS = ("Conv",)
+
+MODEL_FILE = "model.onnx"
+FP16_FILE = "model_fp16.onnx"
+INT8_FILE = "model_int8.onnx"
+REPORT_FILE = "export.json"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+META_PREFIX = "medzoo."
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and the evidence that it is right."""
+
+    name: str
+    out_dir: Path
+    path: Path  # the file of the requested precision (int8 > fp16 > fp32)
+    files: dict[str, str]  # precision -> file name in out_dir
+    opset: int
+    include_preprocessing: bool
+    parity: dict[str, dict[str, Any]]  # precision -> {max_abs, max_rel, top1_mismatches, ...}
+    int8_agreement: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        out["path"] = str(self.path)
+        return out
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def entry_metadata(entry: Any) -> dict[str, Any]:
+    """The fields of a :class:`~medzoo.zoo.entry.ZooEntry` that an export needs."""
+    return {
+        "name": entry.name,
+        "arch": entry.arch,
+        "sha256": entry.sha256 or "",
+        "in_chans": int(entry.in_chans),
+        "input_size": [int(v) for v in entry.input_size],
+        "mean": [float(v) for v in entry.mean],
+        "std": [float(v) for v in entry.std],
+        "num_classes": int(entry.num_classes),
+        "label_names": list(entry.label_names),
+        "datasets": list(entry.datasets),
+        "interpolation": entry.interpolation,
+    }
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("medzoo", "torch", "timm", "onnx", "onnxscript", "onnxruntime-gpu", "onnxruntime"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
+
+
+def model_props(
+    meta: Mapping[str, Any], *, precision: str, include_preprocessing: bool
+) -> dict[str, str]:
+    """ONNX ``metadata_props`` (string to string); lists and dicts are JSON."""
+    from medzoo.provenance import utc_now
+
+    props = {
+        "name": meta["name"],
+        "arch": meta.get("arch", ""),
+        "sha256": meta.get("sha256", ""),
+        "in_chans": str(meta["in_chans"]),
+        "input_size": json.dumps(list(meta["input_size"])),
+        "mean": json.dumps(list(meta["mean"])),
+        "std": json.dumps(list(meta["std"])),
+        "num_classes": str(meta["num_classes"]),
+        "output": "logits" if meta["num_classes"] else "embedding",
+        "precision": precision,
+        "input": "uint8 NCHW pixels 0-255 (normalised in the graph)"
+        if include_preprocessing
+        else "float32 NCHW, (pixels / 255 - mean) / std",
+        "include_preprocessing": "true" if include_preprocessing else "false",
+        "versions": json.dumps(_library_versions()),
+        "created": utc_now(),
+    }
+    if meta["num_classes"]:
+        props["label_names"] = json.dumps(list(meta.get("label_names") or []))
+    return {META_PREFIX + key: value for key, value in props.items()}
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``medzoo.*`` metadata of an exported file, without the prefix."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {
+        p.key[len(META_PREFIX) :]: p.value
+        for p in model.metadata_props
+        if p.key.startswith(META_PREFIX)
+    }
+
+
+def _set_props(model: Any, props: Mapping[str, str]) -> Any:
+    """Write ``props`` into ``model.metadata_props`` (a seam the parity tests break on purpose)."""
+    import onnx
+
+    onnx.helper.set_model_props(model, dict(props))
+    model.doc_string = f"medzoo export of {props.get(META_PREFIX + 'name', '?')}"
+    return model
+
+
+# --------------------------------------------------------------------------- torch side
+
+
+def normalize(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """uint8 ``[N, C, H, W]`` -> float32 ``(x / 255 - mean) / std`` (what the zoo models expect)."""
+    import torch
+
+    x = torch.as_tensor(images).float().div(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _with_preprocessing(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """``model`` behind a uint8 -> normalised float front, so deployment feeds raw pixels."""
+    import torch
+
+    class Preprocessed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model((x.float() / 255.0 - self.mean) / self.std)
+
+    return Preprocessed().eval()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter and onnxruntime talk on stdout and warn; an export should print nothing."""
+    import logging
+
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    # onnxruntime.quantization logs its advice through the root logger
+    root_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root_logger.setLevel(level)
+
+
+def _torch_export(module: Any, example: Any, path: Path, opset: int) -> None:
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with _quiet():
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=True,
+                verbose=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                external_data=False,  # one self-contained file (ResNet-18 is 45 MB)
+                optimize=True,
+            )
+    except Exception as err:  # the exporter's errors are long; keep the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedzooError(f"torch.onnx.export failed: {first}; try --opset {MIN_OPSET}") from err
+
+
+# --------------------------------------------------------------------------- onnxruntime side
+
+
+def cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An onnxruntime CPU session (quiet: warnings only at error level)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        first = str(err).strip().splitlines()[0]
+        raise MedzooError(
+            f"onnxruntime {ort.__version__} cannot load {Path(path).name}: {first}"
+        ) from err
+
+
+def run_session(session: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: inputs[i : i + batch_size]})[0]
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def run_torch(module: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        outs = [
+            module(torch.from_numpy(inputs[i : i + batch_size])).float().numpy()
+            for i in range(0, len(inputs), batch_size)
+        ]
+    return np.concatenate(outs)
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, *, classifier: bool) -> dict[str, Any]:
+    """Max absolute error, relative error (max abs error / max |reference|), top-1 mismatches."""
+    diff = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    out: dict[str, Any] = {
+        "images": int(reference.shape[0]),
+        "max_abs": diff,
+        "max_rel": diff / max(scale, 1e-12),
+    }
+    if classifier:
+        out["top1_mismatches"] = int(np.sum(reference.argmax(1) != candidate.argmax(1)))
+    return out
+
+
+# --------------------------------------------------------------------------- parity
+
+
+@dataclass
+class ParityInputs:
+    """uint8 images ``[N, C, H, W]`` for the checks, and the labels of the real ones."""
+
+    random: np.ndarray
+    real: np.ndarray | None = None
+
+
+def random_images(input_size: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
+    c, h, w = input_size
+    return np.random.default_rng(seed).integers(0, 256, size=(count, c, h, w), dtype=np.uint8)
+
+
+def _feed(images: np.ndarray, meta: Mapping[str, Any], include_preprocessing: bool) -> np.ndarray:
+    if include_preprocessing:
+        return np.ascontiguousarray(images)
+    return normalize(images, meta["mean"], meta["std"]).numpy()
+
+
+def check_parity(
+    module: Any,
+    path: Path,
+    meta: Mapping[str, Any],
+    inputs: ParityInputs,
+    *,
+    precision: str,
+    include_preprocessing: bool,
+) -> dict[str, Any]:
+    """Run ``inputs`` through torch (fp32) and onnxruntime CPU; raise if they disagree.
+
+    The random images go in as one batch of 1 and one of 7 (neither is the traced batch of 2),
+    the real ones in batches of 32. Raises :class:`MedzooError` when the relative error exceeds
+    the tolerance of ``precision`` or (fp32) when a classifier's top-1 differs on any image.
+    """
+    session = cpu_session(path)
+    classifier = bool(meta["num_classes"])
+    batches = [inputs.random[:1], inputs.random[1 : 1 + 7]]
+    if inputs.real is not None and len(inputs.real):
+        batches.append(inputs.real)
+    reference, candidate = [], []
+    for images in batches:
+        feed = _feed(images, meta, include_preprocessing)
+        ort_out = run_session(session, feed, batch_size=max(len(feed), 1) if len(feed) <= 7 else 32)
+        if ort_out.shape[0] != len(feed):
+            raise MedzooError(
+                f"{path.name}: batch of {len(feed)} gave {ort_out.shape[0]} outputs; the batch axis is not dynamic"
+            )
+        reference.append(run_torch(module, feed))
+        candidate.append(ort_out)
+    result = compare(np.concatenate(reference), np.concatenate(candidate), classifier=classifier)
+    result["batches_checked"] = [len(b) for b in batches]
+    result["real_images"] = 0 if inputs.real is None else int(len(inputs.real))
+    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+    result["tolerance"] = tolerance
+    if result["max_rel"] > tolerance:
+        raise MedzooError(
+            f"{meta['name']} {precision} export failed parity: relative error {result['max_rel']:.2e} "
+            f"> {tolerance:.0e} (max abs {result['max_abs']:.2e}); nothing written"
+        )
+    if classifier and precision == "fp32" and result["top1_mismatches"]:
+        raise MedzooError(
+            f"{meta['name']} fp32 export failed parity: top-1 differs from torch on "
+            f"{result['top1_mismatches']} of {result['images']} images; nothing written"
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- fp16, int8
+
+
+def convert_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and compute with fp32 (or uint8) inputs and outputs, for GPU providers."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet():
+        model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    _toposort(model.graph)  # the converter appends its input Casts at the end of the node list
+    props = {p.key: p.value for p in model.metadata_props}
+    props[META_PREFIX + "precision"] = "fp16"
+    _set_props(model, props)
+    onnx.save(model, str(dst))
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder ``graph.node`` so that every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise MedzooError("the fp16 graph has a cycle or a dangling input; export fp32 instead")
+        for node in ready:
+            available.update(node.output)
+            ordered.append(node)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def check_graph(path: Path) -> None:
+    """``onnx.checker`` with full shape inference; its complaint becomes a one-line error."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        raise MedzooError(
+            f"onnx.checker rejected {path.name}: {str(err).strip().splitlines()[0]}"
+        ) from err
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over a uint8 image array."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        meta: Mapping[str, Any],
+        include_preprocessing: bool,
+        batch_size: int = 16,
+    ) -> None:
+        self._batches = iter(
+            [
+                _feed(images[i : i + batch_size], meta, include_preprocessing)
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def _stem_conv(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [next(node.name for node in graph.node if node.op_type == "Conv")]
+
+
+def quantize_int8(
+    src: Path,
+    dst: Path,
+    calibration: np.ndarray,
+    meta: Mapping[str, Any],
+    include_preprocessing: bool,
+) -> None:
+    """Static QDQ quantisation: int8 per-channel weights, uint8 activations (MinMax calibration)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(
+        calibration, meta, include_preprocessing
+    )
+    prepared = dst.with_name(dst.stem + ".prep.onnx")
+    with _quiet():
+        # fuses and infers shapes first, as onnxruntime recommends before quantize_static
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            # convolutions carry ~all the compute; the fc head stays fp32, which keeps a
+            # classifier's top-1 (small logit gaps) and costs nothing
+            op_types_to_quantize=list(INT8_OPS),
+            # the stem sees raw pixels and holds 0.5 % of the weights: fp32 there is the usual
+            # trade, worth a point of top-1 agreement on weak (random-init) features
+            nodes_to_exclude=_stem_conv(prepared),
+        )
+    prepared.unlink(missing_ok=True)
+    import onnx
+
+    model = onnx.load(str(dst))
+    props = {META_PREFIX + k: v for k, v in read_metadata(src).items()}
+    props[META_PREFIX + "precision"] = "int8"
+    _set_props(model, props)
+    onnx.save(model, str(dst))
+
+
+def int8_agreement(
+    fp32_path: Path,
+    int8_path: Path,
+    meta: Mapping[str, Any],
+    test_images: np.ndarray,
+    include_preprocessing: bool,
+    train_images: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Top-1 agreement of int8 with fp32 on the test images.
+
+    A classifier's top-1 is its argmax. A backbone has no classes of its own, so its "top-1" is
+    the nearest class centroid of the fp32 train embeddings (a linear-probe stand-in); the mean
+    cosine similarity of the embeddings is reported too.
+    """
+    fp32 = run_session(cpu_session(fp32_path), _feed(test_images, meta, include_preprocessing))
+    int8 = run_session(cpu_session(int8_path), _feed(test_images, meta, include_preprocessing))
+    cosine = np.sum(fp32 * int8, 1) / (
+        np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1) + 1e-12
+    )
+    if meta["num_classes"]:
+        top_ref, top_q = fp32.argmax(1), int8.argmax(1)
+        how = "argmax of logits"
+    else:
+        assert train_images is not None and train_labels is not None
+        train = run_session(
+            cpu_session(fp32_path), _feed(train_images, meta, include_preprocessing)
+        )
+        classes = np.unique(train_labels)
+        centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
+        top_ref = classes[np.argmin(((fp32[:, None] - centroids[None]) ** 2).sum(-1), 1)]
+        top_q = classes[np.argmin(((int8[:, None] - centroids[None]) ** 2).sum(-1), 1)]
+        how = "nearest fp32 class centroid of the embeddings"
+    return {
+        "images": int(len(test_images)),
+        "top1_agreement": float(np.mean(top_ref == top_q)),
+        "top1": how,
+        "mean_cosine": float(np.mean(cosine)),
+        "max_abs": float(np.max(np.abs(fp32 - int8))),
+    }
+
+
+# --------------------------------------------------------------------------- the export
+
+
+@dataclass
+class ExportData:
+    """Images the export checks with: parity (test), int8 calibration (train) and agreement."""
+
+    test_images: np.ndarray | None = None
+    train_images: np.ndarray | None = None
+    train_labels: np.ndarray | None = None
+
+
+def export_module(
+    model: Any,
+    meta: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    *,
+    opset: int = MIN_OPSET,
+    fp16: bool = False,
+    int8: bool = False,
+    include_preprocessing: bool = False,
+    data: ExportData | None = None,
+    min_agreement: float | None = None,
+) -> ExportResult:
+    """Export a torch ``model`` described by ``meta`` (see :func:`entry_metadata`) to ``out_dir``.
+
+    Checks, then writes atomically: everything is built in a temporary folder beside ``out_dir``
+    and moved in only after every check passed; on any failure nothing is written.
+    """
+    import onnx
+    import torch
+
+    data = data or ExportData()
+    check_opset(opset)
+    if int8 and (data.test_images is None or data.train_images is None):
+        raise MedzooError(
+            "--int8 needs calibration data: pass --calibration-data ROOT (a MIMeta root)"
+        )
+    out_dir = Path(out_dir)
+    model = model.eval().float()
+    module = (
+        _with_preprocessing(model, meta["mean"], meta["std"]) if include_preprocessing else model
+    )
+    example = random_images(meta["input_size"], EXAMPLE_BATCH, seed=1)
+    inputs = ParityInputs(
+        random=random_images(meta["input_size"], 8, seed=2),
+        real=None if data.test_images is None else data.test_images[:PARITY_REAL_IMAGES],
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        path = tmp / MODEL_FILE
+        _torch_export(
+            module, torch.from_numpy(_feed(example, meta, include_preprocessing)), path, opset
+        )
+        proto = onnx.load(str(path))
+        _set_props(
+            proto, model_props(meta, precision="fp32", include_preprocessing=include_preprocessing)
+        )
+        onnx.save(proto, str(path))
+        del proto
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except onnx.checker.ValidationError as err:
+            raise MedzooError(
+                f"onnx.checker rejected the export: {str(err).splitlines()[0]}"
+            ) from err
+        files = {"fp32": MODEL_FILE}
+        parity = {
+            "fp32": check_parity(
+                module,
+                path,
+                meta,
+                inputs,
+                precision="fp32",
+                include_preprocessing=include_preprocessing,
+            )
+        }
+        if fp16:
+            convert_fp16(path, tmp / FP16_FILE)
+            check_graph(tmp / FP16_FILE)
+            parity["fp16"] = check_parity(
+                module,
+                tmp / FP16_FILE,
+                meta,
+                inputs,
+                precision="fp16",
+                include_preprocessing=include_preprocessing,
+            )
+            files["fp16"] = FP16_FILE
+        agreement = None
+        if int8:
+            calibration = data.train_images[_spread(len(data.train_images), CALIBRATION_IMAGES)]
+            quantize_int8(path, tmp / INT8_FILE, calibration, meta, include_preprocessing)
+            parity["int8"] = int8_agreement(
+                path, tmp / INT8_FILE, meta, data.test_images, include_preprocessing,
+                data.train_images, data.train_labels,
+            )  # fmt: skip
+            parity["int8"]["calibration_images"] = int(len(calibration))
+            agreement = parity["int8"]["top1_agreement"]
+            bar = (
+                INT8_MIN_AGREEMENT
+                if min_agreement is None
+                else min(min_agreement, INT8_MIN_AGREEMENT)
+            )
+            if agreement < bar:
+                raise MedzooError(
+                    f"{meta['name']} int8 export failed: top-1 agreement with fp32 is {agreement:.1%} "
+                    f"< {bar:.0%} on {parity['int8']['images']} test images; nothing written "
+                    "(use the fp32 or fp16 export)"
+                )
+            files["int8"] = INT8_FILE
+        requested = files.get("int8") or files.get("fp16") or MODEL_FILE
+        result = ExportResult(
+            name=meta["name"],
+            out_dir=out_dir,
+            path=out_dir / requested,
+            files=files,
+            opset=opset,
+            include_preprocessing=include_preprocessing,
+            parity=parity,
+            int8_agreement=agreement,
+            metadata=read_metadata(path),
+        )
+        from medzoo.provenance import provenance
+
+        (tmp / REPORT_FILE).write_text(
+            json.dumps({**result.to_dict(), "provenance": provenance()}, indent=2, default=str)
+            + "\n"
+        )
+        _move_in(tmp, out_dir, [*files.values(), REPORT_FILE])
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """``k`` indices spread evenly over ``range(n)`` (all of them if ``n <= k``)."""
+    return (
+        np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(int))
+        if n
+        else np.zeros(0, int)
+    )
+
+
+def _move_in(tmp: Path, out_dir: Path, names: Sequence[str]) -> None:
+    """Rename each checked file into ``out_dir`` (same file system: each rename is atomic).
+
+    Precision files of an earlier export that this one did not produce are removed, so the
+    folder never mixes files from two sets of weights.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (MODEL_FILE, FP16_FILE, INT8_FILE):
+        if stale not in names:
+            (out_dir / stale).unlink(missing_ok=True)
+    for name in names:
+        with open(tmp / name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp / name, out_dir / name)
+
+
+def check_opset(opset: int) -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise MedzooError(
+            f"--opset {opset} is not supported: use {MIN_OPSET} to {newest} (default {MIN_OPSET})"
+        )
+
+
+def default_export_dir(name: str) -> Path:
+    """``exports/NAME`` (relative to the working directory, like every medzoo output)."""
+    from medzoo.zoo.entry import validate_name
+
+    return Path("exports") / validate_name(name)
+
+
+# --------------------------------------------------------------------------- by zoo name
+
+
+def _dataset_ids(root: Path, meta: Mapping[str, Any]) -> list[str]:
+    """The entry's datasets if it names them, else every dataset in ``root`` with its channels."""
+    from medzoo.data.mimeta import KNOWN_DATASETS, list_datasets
+
+    present = list_datasets(root)
+    if meta.get("datasets"):
+        return [d for d in meta["datasets"] if d in present]
+    return [
+        d for d in present if d in KNOWN_DATASETS and KNOWN_DATASETS[d].channels == meta["in_chans"]
+    ]
+
+
+def load_images(
+    root: Path, meta: Mapping[str, Any], split: str, *, required: bool
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """uint8 images and labels of ``split`` of the entry's datasets at its input size."""
+    from medzoo.data.mimeta import load_split
+
+    ids = _dataset_ids(root, meta) if root.is_dir() else []
+    if not ids:
+        if required:
+            wanted = (
+                ", ".join(meta.get("datasets") or []) or f"a {meta['in_chans']}-channel dataset"
+            )
+            raise MedzooError(
+                f"{root} holds none of {wanted}; pass --calibration-data with the MIMeta root {meta['name']} was trained on"
+            )
+        return None
+    images, labels = [], []
+    for dataset_id in ids:
+        split_data = load_split(root, dataset_id, split, image_size=int(meta["input_size"][-1]))
+        if split_data.channels != meta["in_chans"]:
+            raise MedzooError(
+                f"{dataset_id} has {split_data.channels} channel(s) but {meta['name']} takes {meta['in_chans']}"
+            )
+        images.append(np.asarray(split_data.images.numpy()))
+        labels.append(split_data.labels.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def export_model(
+    name: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    opset: int = MIN_OPSET,
+    fp16: bool = False,
+    int8: bool = False,
+    calibration_root: str | os.PathLike[str] | None = None,
+    include_preprocessing: bool = False,
+    data_root: str | os.PathLike[str] | None = None,
+    min_agreement: float | None = None,
+) -> ExportResult:
+    """Export zoo model ``name`` to ``out/model.onnx`` (default ``exports/NAME/``), verified.
+
+    Args:
+        name: a zoo name (``medzoo list``).
+        out: the output folder.
+        opset: ONNX opset, 18 or newer.
+        fp16: also write ``model_fp16.onnx`` (parity tolerance 1e-2).
+        int8: also write ``model_int8.onnx``, calibrated on the train split under
+            ``calibration_root`` and kept only at >= 99 % top-1 agreement on its test split.
+        calibration_root: the MIMeta root for int8 calibration (required with ``int8``).
+        include_preprocessing: the graph takes uint8 pixels and normalises them itself.
+        data_root: a MIMeta root whose test images join the parity check (default: ``--data-root``
+            / ``MEDZOO_DATA`` / ``data/mimeta`` when it holds the entry's datasets).
+        min_agreement: the int8 bar; only lower values are honoured (speed studies of
+            random-init stand-ins), the agreement is measured and recorded either way.
+    """
+    from medzoo.config import data_root as resolve_root
+    from medzoo.zoo.index import load, model_info
+
+    check_opset(opset)
+    entry = model_info(name)
+    if int8 and calibration_root is None:
+        raise MedzooError(
+            "--int8 needs calibration images: add --calibration-data ROOT (a MIMeta root with the model's datasets)"
+        )
+    if int8 and not Path(calibration_root).is_dir():
+        raise MedzooError(
+            f"calibration data root {calibration_root} does not exist; pass a MIMeta root"
+        )
+    meta = entry_metadata(entry)
+    data = ExportData()
+    if int8:
+        root = Path(calibration_root)
+        data.train_images, data.train_labels = load_images(root, meta, "train", required=True)
+        data.test_images, _ = load_images(root, meta, "test", required=True)
+    else:
+        found = load_images(resolve_root(data_root), meta, "test", required=data_root is not None)
+        if found is not None:
+            images = found[0]
+            data.test_images = images[_spread(len(images), PARITY_REAL_IMAGES)]
+    model = load(name)
+    return export_module(
+        model,
+        meta,
+        Path(out) if out is not None else default_export_dir(name),
+        opset=opset,
+        fp16=fp16,
+        int8=int8,
+        include_preprocessing=include_preprocessing,
+        data=data,
+        min_agreement=min_agreement,
+    )

@@ -1,0 +1,159 @@
+"""``medzoo predict``: classify image files with a classifier entry, or embed them with a backbone.
+
+Images (PNG, JPEG, TIFF, anything Pillow reads) are converted to the entry's channels (``L`` for
+one, ``RGB`` for three), resized to its input size with its interpolation, and normalised with
+its mean and std: the preprocessing the weights were trained with. The same uint8 batch goes to
+torch or, with ``onnx=True``, to the verified ONNX export in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medzoo.errors import MedzooError
+
+_RESAMPLE = {
+    "bilinear": "BILINEAR",
+    "bicubic": "BICUBIC",
+    "nearest": "NEAREST",
+    "lanczos": "LANCZOS",
+}
+
+
+def read_image(
+    path: str | os.PathLike[str],
+    in_chans: int,
+    size: tuple[int, int],
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedzooError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = {1: "L", 3: "RGB"}.get(in_chans)
+            if mode is None:
+                raise MedzooError(
+                    f"cannot feed images to a model with {in_chans} input channels (1 or 3)"
+                )
+            if image.mode in (
+                "I;16",
+                "I;16B",
+                "I",
+                "F",
+            ):  # 16-bit / float TIFFs: rescale, do not clip
+                array = np.asarray(image, dtype=np.float64)
+                span = float(array.max() - array.min()) or 1.0
+                image = Image.fromarray(
+                    ((array - array.min()) / span * 255).round().astype(np.uint8)
+                )
+            image = image.convert(mode)
+            resample = getattr(Image.Resampling, _RESAMPLE.get(interpolation, "BILINEAR"))
+            height, width = size
+            if image.size != (width, height):
+                image = image.resize((width, height), resample)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise MedzooError(
+            f"{path} is not an image Pillow can read ({type(err).__name__}); give PNG, JPEG or TIFF files"
+        ) from None
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _onnx_outputs(name: str, entry: Any, images: np.ndarray, export_dir: Path) -> np.ndarray:
+    from medzoo.export.onnx import (
+        MODEL_FILE,
+        cpu_session,
+        export_model,
+        normalize,
+        read_metadata,
+        run_session,
+    )
+
+    path = export_dir / MODEL_FILE
+    if not path.is_file():
+        export_model(name, export_dir)  # verified like any export; `medzoo export` does the same
+    meta = read_metadata(path)
+    if meta.get("sha256", "") != (entry.sha256 or "") or meta.get("name") != name:
+        raise MedzooError(
+            f"{path} was not exported from the current weights of {name}; run `medzoo export {name} --out {export_dir}`"
+        )
+    feed = (
+        images
+        if meta.get("include_preprocessing") == "true"
+        else normalize(images, entry.mean, entry.std).numpy()
+    )
+    return run_session(cpu_session(path), feed)
+
+
+def _torch_outputs(name: str, entry: Any, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    from medzoo.export.onnx import normalize
+    from medzoo.zoo.index import load
+
+    model = load(name)
+    with torch.inference_mode():
+        return model(normalize(images, entry.mean, entry.std)).float().numpy()
+
+
+def predict(
+    name: str,
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    onnx: bool = False,
+    top_k: int = 5,
+    export_dir: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Top-k labels (classifier) or the embedding (backbone) of each image file.
+
+    Args:
+        name: a zoo name.
+        paths: image files.
+        onnx: run ``export_dir/model.onnx`` (default ``exports/NAME``) in onnxruntime; it is
+            exported (and verified) first when missing.
+        top_k: labels per image for a classifier (capped at its number of classes).
+
+    Returns:
+        One dict per image: ``{"path", "top_k": [{"label", "index", "probability"}]}`` for a
+        classifier, ``{"path", "embedding": [...]}`` for a backbone.
+    """
+    from medzoo.export.onnx import default_export_dir
+    from medzoo.zoo.index import model_info
+
+    if top_k < 1:
+        raise MedzooError(f"--top-k {top_k}: give a positive number of labels")
+    if not paths:
+        raise MedzooError("give at least one image file")
+    entry = model_info(name)
+    _, height, width = entry.input_size
+    images = np.stack(
+        [read_image(p, entry.in_chans, (height, width), entry.interpolation) for p in paths]
+    )
+    if onnx:
+        where = Path(export_dir) if export_dir is not None else default_export_dir(name)
+        outputs = _onnx_outputs(name, entry, images, where)
+    else:
+        outputs = _torch_outputs(name, entry, images)
+    if entry.is_backbone:
+        return [
+            {"path": str(p), "embedding": [float(v) for v in row]} for p, row in zip(paths, outputs)
+        ]
+    labels = entry.label_names or tuple(str(i) for i in range(entry.num_classes))
+    shifted = outputs - outputs.max(1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    k = min(top_k, entry.num_classes)
+    results = []
+    for path, row in zip(paths, probabilities):
+        order = np.argsort(-row, kind="stable")[:k]
+        top = [{"label": labels[i], "index": int(i), "probability": float(row[i])} for i in order]
+        results.append({"path": str(path), "top_k": top})
+    return results
