@@ -493,12 +493,34 @@ def _is_network_error(err: BaseException) -> bool:
     )
 
 
+def _hub_unreachable() -> bool:
+    """True when HF_HUB_OFFLINE is set or the Hub endpoint does not accept a connection.
+
+    Asked before a download so that an offline machine gets its one-line error at once instead
+    of after huggingface_hub's retries with backoff (half a minute per file).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=5).close()
+    except OSError:
+        return True
+    return False
+
+
 def _timm_pretrained(entry: ZooEntry, num_classes: int | None, in_chans: int | None) -> Any:
     import timm
 
     classes = entry.num_classes if num_classes is None else int(num_classes)
     chans = entry.in_chans if in_chans is None else int(in_chans)
     try:
+        if not _timm_weights_cached(entry.timm_name) and _hub_unreachable():
+            raise OSError("offline")
         return timm.create_model(
             entry.timm_name, pretrained=True, num_classes=classes, in_chans=chans
         )
@@ -516,7 +538,12 @@ def _hub_weights(entry: ZooEntry) -> dict[str, Any]:
     from huggingface_hub import hf_hub_download
 
     try:
-        path = hf_hub_download(entry.hub_repo_id, WEIGHTS_FILE, revision=entry.hub_revision)
+        path = hf_hub_download(
+            entry.hub_repo_id,
+            WEIGHTS_FILE,
+            revision=entry.hub_revision,
+            local_files_only=_hub_unreachable(),
+        )
     except Exception as err:
         if not _is_network_error(err):
             raise
@@ -572,8 +599,11 @@ def _source_folder(source: str, ident: str) -> Path:
 
     repo_id, _, revision = ident.partition("@")
     try:
-        config = hf_hub_download(repo_id, CONFIG_FILE, revision=revision or None)
-        hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision or None)
+        offline = _hub_unreachable()
+        config = hf_hub_download(
+            repo_id, CONFIG_FILE, revision=revision or None, local_files_only=offline
+        )
+        hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision or None, local_files_only=offline)
     except RemoteEntryNotFoundError:
         raise MedzooError(
             f"{repo_id} has no {CONFIG_FILE} + {WEIGHTS_FILE}: medzoo loads weights only from "
