@@ -15,7 +15,7 @@ import sys
 from medzoo import __version__
 from medzoo.errors import MedzooError
 
-COMMAND_MODULES = ("data", "pretrain", "zoo", "evaluate", "export", "bench")
+COMMAND_MODULES = ("demo", "data", "pretrain", "evaluate", "zoo", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

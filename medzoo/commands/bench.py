@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = parser.add_argument_group("pre-training (medzoo bench pretrain RECIPE)")
     train.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
     train.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random uint8 images at the recipe's size in memory instead of a data root",
+    )
+    train.add_argument("--json", action="store_true", help="one JSON line (for scripts)")
+    train.add_argument(
         "--data-root", metavar="ROOT", help="MIMeta root (default MEDZOO_DATA or data/mimeta)"
     )
     train.add_argument(
@@ -108,6 +114,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     from medzoo.config import load_pretrain_config
 
     cfg = load_pretrain_config(args.recipe, args.overrides)
-    result = pretrain.benchmark(cfg, steps=args.steps, data_root=args.data_root)
-    print(json.dumps(result, indent=2, default=str))
+    result = pretrain.benchmark(
+        cfg, steps=args.steps, data_root=args.data_root, synthetic=args.synthetic
+    )
+    print(json.dumps(result, indent=None if args.json else 2, default=str))
     return 0
