@@ -27,7 +27,9 @@ def load(
     """
     from medzoo.zoo.index import load as _load
 
-    return _load(name, num_classes=num_classes, pretrained=pretrained, device=device, in_chans=in_chans)
+    return _load(
+        name, num_classes=num_classes, pretrained=pretrained, device=device, in_chans=in_chans
+    )
 
 
 def list_models() -> list[str]:

@@ -96,7 +96,9 @@ class TrainingConfig:
     epochs: int = 1000
     batch_size: int = 256  # global batch; divided across processes under DDP
     max_steps: int | None = None  # stop early (benchmarks, smoke runs)
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA if supported, fp32 on CPU)
+    precision: str = (
+        "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA if supported, fp32 on CPU)
+    )
     channels_last: bool = True  # on CUDA only
     compile: bool = False
     seed: int = 0
@@ -164,7 +166,9 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         if value <= 0:
             raise MedzooError(f"{key} = {value} must be positive")
     if cfg.training.batch_size < 2:
-        raise MedzooError("training.batch_size must be at least 2 (Barlow Twins normalises over the batch)")
+        raise MedzooError(
+            "training.batch_size must be at least 2 (Barlow Twins normalises over the batch)"
+        )
     if cfg.model.in_chans != cfg.data.channels:
         raise MedzooError(
             f"model.in_chans = {cfg.model.in_chans} but data.channels = {cfg.data.channels}: set both alike"
@@ -300,7 +304,9 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise MedzooError(f"recipe {path} is not valid TOML: {err}") from None
 
 
-def load_recipe(cls: type[T], path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> T:
+def load_recipe(
+    cls: type[T], path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> T:
     """Load a recipe file into ``cls`` after applying ``--set`` overrides."""
     raw = apply_overrides(load_toml(path), overrides)
     try:
@@ -309,7 +315,9 @@ def load_recipe(cls: type[T], path: str | os.PathLike[str], overrides: list[str]
         raise MedzooError(f"{path}: {err}") from None
 
 
-def load_pretrain_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()) -> PretrainConfig:
+def load_pretrain_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> PretrainConfig:
     return load_recipe(PretrainConfig, path, overrides)
 
 

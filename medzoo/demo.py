@@ -77,12 +77,14 @@ def run_demo(
         shutil.rmtree(out / sub, ignore_errors=True)
 
     def synth() -> None:
-        if (data / "crc" / "info.yaml").is_file():
+        if (data / "organs_axial" / "info.yaml").is_file():
             print(f"   reusing synthetic data in {data}")
             return
         write_synthetic(data, size=size, per_class=per_class, seed=seed)
 
-    steps.run(f"synthetic MIMeta data ({size} px, {per_class} train images per class) -> {data}", synth)
+    steps.run(
+        f"synthetic MIMeta data ({size} px, {per_class} train images per class) -> {data}", synth
+    )
     entry_folder = steps.run(
         f"Barlow Twins pre-training of {cfg.name} ({cfg.training.epochs} epochs, CPU)",
         lambda: pretrain(cfg, data_root=data, out=out / "pretrain"),
@@ -91,7 +93,7 @@ def run_demo(
         "evaluation: linear probe and short fine-tune vs random init over label fractions and seeds",
         lambda: evaluate(eval_cfg, data_root=data, out=out / "eval"),
     )
-    classifier = f"{cfg.name}-tissue"
+    classifier = f"{cfg.name}-axial-organ"
     export = steps.run(
         f"ONNX export of {classifier} with the torch-vs-onnxruntime parity check",
         lambda: export_model(classifier, out / "export", data_root=data),
@@ -99,11 +101,16 @@ def run_demo(
     bench = steps.run(
         "benchmark: torch eager vs onnxruntime (CPU)",
         lambda: run_bench(
-            classifier, batch_sizes=(1, 32), out=out / "bench", export_dir=out / "export", iterations=10
+            classifier,
+            batch_sizes=(1, 32),
+            out=out / "bench",
+            export_dir=out / "export",
+            iterations=10,
         ),
     )
     hub = steps.run(
-        f"dry-run Hugging Face Hub folder for {cfg.name}", lambda: save_for_hub(cfg.name, out / "hub")
+        f"dry-run Hugging Face Hub folder for {cfg.name}",
+        lambda: save_for_hub(cfg.name, out / "hub"),
     )
 
     def summarise() -> dict[str, Any]:
@@ -123,11 +130,18 @@ def run_demo(
     return steps.run("summary", summarise)
 
 
-def _summary_text(run_dir: Path, export: Any, bench: dict[str, Any], paths: dict, times: dict) -> str:
+def _summary_text(
+    run_dir: Path, export: Any, bench: dict[str, Any], paths: dict, times: dict
+) -> str:
     lines = ["# medzoo demo", ""]
     summary_md = Path(run_dir) / "summary.md"
     if summary_md.is_file():
-        lines += ["## Evaluation (test accuracy, mean +- sd over seeds)", "", summary_md.read_text().strip(), ""]
+        lines += [
+            "## Evaluation (test accuracy, mean +- sd over seeds)",
+            "",
+            summary_md.read_text().strip(),
+            "",
+        ]
     parity = export.parity.get("fp32", {})
     lines += [
         "## Export",

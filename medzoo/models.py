@@ -41,7 +41,9 @@ def create_backbone(
 
     name = f"{arch}.{pretrained_tag}" if pretrained_tag else arch
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans)
+        return timm.create_model(
+            name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans
+        )
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise MedzooError(f"unknown timm architecture '{arch}' (try resnet18)") from None
@@ -99,7 +101,11 @@ class Projector(nn.Sequential):
         layers: list[nn.Module] = []
         sizes = [in_dim, *dims]
         for i in range(len(sizes) - 2):
-            layers += [nn.Linear(sizes[i], sizes[i + 1], bias=False), GlobalBatchNorm1d(sizes[i + 1]), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Linear(sizes[i], sizes[i + 1], bias=False),
+                GlobalBatchNorm1d(sizes[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
         layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
         super().__init__(*layers)
 
@@ -116,7 +122,9 @@ class BarlowTwinsModel(nn.Module):
         return self.projector(self.backbone(x))
 
 
-def group_of(param_name: str, groups: dict[str, tuple[str, ...]] = RESNET_LAYER_GROUPS) -> str | None:
+def group_of(
+    param_name: str, groups: dict[str, tuple[str, ...]] = RESNET_LAYER_GROUPS
+) -> str | None:
     for group, prefixes in groups.items():
         if param_name.startswith(prefixes):
             return group

@@ -13,6 +13,7 @@ and scaler states are in the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -74,7 +75,9 @@ def make_runtime(cfg: PretrainConfig) -> Runtime:
     else:
         device = torch.device(training.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise MedzooError("training.device asks for CUDA but no GPU is visible: set training.device=\"auto\" or \"cpu\"")
+            raise MedzooError(
+                'training.device asks for CUDA but no GPU is visible: set training.device="auto" or "cpu"'
+            )
         if device.type == "cuda" and world_size > 1:
             device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
@@ -86,7 +89,9 @@ def make_runtime(cfg: PretrainConfig) -> Runtime:
         else:
             precision = "fp32"
     if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise MedzooError(f"training.precision = {precision} needs a GPU: use \"auto\" or \"fp32\" on CPU")
+        raise MedzooError(
+            f'training.precision = {precision} needs a GPU: use "auto" or "fp32" on CPU'
+        )
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return Runtime(
         device=device,
@@ -105,9 +110,13 @@ def make_runtime(cfg: PretrainConfig) -> Runtime:
 class BatchSource:
     """Deterministic batches of uint8 images: epoch permutations seeded by (seed, epoch)."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int) -> None:
+    def __init__(
+        self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int
+    ) -> None:
         if batch_size % world_size:
-            raise MedzooError(f"training.batch_size = {batch_size} is not divisible by the {world_size} processes")
+            raise MedzooError(
+                f"training.batch_size = {batch_size} is not divisible by the {world_size} processes"
+            )
         if len(images) < batch_size:
             raise MedzooError(
                 f"training.batch_size = {batch_size} exceeds the {len(images)} pre-training images: lower it"
@@ -139,10 +148,14 @@ class BatchSource:
 def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
     """Random uint8 images for throughput benchmarks (no data root needed)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator)
+    return torch.randint(
+        0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator
+    )
 
 
-def load_pretraining_images(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None) -> torch.Tensor:
+def load_pretraining_images(
+    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None
+) -> torch.Tensor:
     from medzoo.config import data_root as resolve_root
     from medzoo.data.domains import load_domain
 
@@ -209,7 +222,9 @@ def build_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.Optimi
     return Lars(groups, lr=optim.lr, momentum=optim.momentum, trust_coeff=optim.lars_trust_coeff)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float
+) -> float:
     """Linear warm-up, then cosine to ``min_ratio`` (or constant)."""
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -222,7 +237,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, cfg_dict) -> None:
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer, scheduler, scaler, step: int, cfg_dict
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -232,15 +249,23 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, scaler, 
         "recipe": json.dumps(cfg_dict, sort_keys=True),
         "rng_cpu": torch.get_rng_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as err:  # e.g. ENOSPC: atomic_path has removed the partial file
+        raise MedzooError(
+            f"could not write checkpoint {path} at step {step} ({err.strerror or err}); the previous "
+            "checkpoint is intact: free space, then rerun with --resume"
+        ) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
-        raise MedzooError(f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to start over") from None
+        raise MedzooError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to start over"
+        ) from None
 
 
 # --------------------------------------------------------------------------- the loop
@@ -250,7 +275,11 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -300,13 +329,17 @@ def pretrain(
     return _register(cfg, cfg_dict, state, run_dir)
 
 
-def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool) -> dict:
+def _train(
+    cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool
+) -> dict:
+    from medzoo import losses
     from medzoo.data.augment import TwoViewAugment, resolve_augment
-    from medzoo.losses import barlow_twins_loss
 
     training = cfg.training
     torch.manual_seed(training.seed)
-    source = BatchSource(images, training.batch_size, training.seed, runtime.rank, runtime.world_size)
+    source = BatchSource(
+        images, training.batch_size, training.seed, runtime.rank, runtime.world_size
+    )
     total_steps = training.epochs * source.steps_per_epoch
     if training.max_steps is not None:
         total_steps = min(total_steps, training.max_steps)
@@ -318,14 +351,18 @@ def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool,
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_factor(s, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio),
+        lambda s: lr_factor(
+            s, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio
+        ),
     )
     scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
     step = 0
     if resume and (run_dir / CHECKPOINT).exists():
         ckpt = load_checkpoint(run_dir / CHECKPOINT)
         if json.loads(ckpt["recipe"]) != json.loads(json.dumps(cfg_dict, sort_keys=True)):
-            raise MedzooError(f"{run_dir / CHECKPOINT} was made with another recipe: resume with the same recipe and --set values")
+            raise MedzooError(
+                f"{run_dir / CHECKPOINT} was made with another recipe: resume with the same recipe and --set values"
+            )
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -355,20 +392,36 @@ def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool,
     aug_generator = torch.Generator(device=runtime.device)
     pin = runtime.device.type == "cuda"
     autocast = (
-        torch.autocast(runtime.device.type, dtype=runtime.amp_dtype) if runtime.amp_dtype else nullcontext()
+        torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+        if runtime.amp_dtype
+        else nullcontext()
     )
 
-    bar = None
-    if progress and runtime.is_main:
-        from tqdm.auto import tqdm
+    with contextlib.ExitStack() as stack:
+        bar = None
+        if progress and runtime.is_main:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.name}", unit="step", dynamic_ncols=True)
-    log_handle = open(run_dir / LOG, "a", encoding="utf-8") if runtime.is_main else None
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(source.load, step, pin) if step < total_steps else None
-    window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
-    last_loss = float("nan")
-    try:
+            bar = stack.enter_context(
+                tqdm(
+                    total=total_steps,
+                    initial=step,
+                    desc=f"pretrain {cfg.name}",
+                    unit="step",
+                    dynamic_ncols=True,
+                )
+            )
+        log_handle = (
+            stack.enter_context(open(run_dir / LOG, "a", encoding="utf-8"))
+            if runtime.is_main
+            else None
+        )
+        # One batch ahead on a worker thread: gathering rows and pinning overlap the GPU step.
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        stack.callback(lambda: pending is not None and pending.cancel())
+        pending = pool.submit(source.load, step, pin) if step < total_steps else None
+        window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
+        last_loss = float("nan")
         train_model.train()
         while step < total_steps:
             wait_start = time.perf_counter()
@@ -385,7 +438,7 @@ def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool,
             with autocast:
                 z1 = train_model(view1)
                 z2 = train_model(view2)
-            loss = barlow_twins_loss(z1.float(), z2.float(), cfg.loss.lambda_offdiag)
+            loss = losses.barlow_twins_loss(z1.float(), z2.float(), cfg.loss.lambda_offdiag)
             if not torch.isfinite(loss):
                 raise MedzooError(
                     f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
@@ -405,14 +458,14 @@ def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool,
 
             if step % training.log_every_steps == 0 or step == total_steps:
                 last_loss = loss.item()
-                elapsed = time.perf_counter() - window_start
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {
                     "step": step,
                     "epoch": round(step / source.steps_per_epoch, 3),
                     "loss": last_loss,
                     "lr": optimizer.param_groups[0]["lr"],
-                    "samples_per_s": window_samples / max(elapsed, 1e-9),
-                    "data_wait": window_wait / max(elapsed, 1e-9),
+                    "samples_per_s": window_samples / elapsed,
+                    "data_wait": window_wait / elapsed,
                 }
                 if log_handle is not None:
                     log_handle.write(json.dumps(record) + "\n")
@@ -426,14 +479,12 @@ def _train(cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool,
                 window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
             if bar is not None:
                 bar.update(1)
-            if runtime.is_main and (step % training.checkpoint_every_steps == 0 or step == total_steps):
-                save_checkpoint(run_dir / CHECKPOINT, model, optimizer, scheduler, scaler, step, cfg_dict)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-        if log_handle is not None:
-            log_handle.close()
+            if runtime.is_main and (
+                step % training.checkpoint_every_steps == 0 or step == total_steps
+            ):
+                save_checkpoint(
+                    run_dir / CHECKPOINT, model, optimizer, scheduler, scaler, step, cfg_dict
+                )
     return {"model": _unwrap(model), "step": step, "loss": last_loss}
 
 
@@ -464,7 +515,10 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         git_commit=prov["git_commit"],
     )
     state_dict = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    extra = {"recipe.toml": dump_toml(cfg_dict), "provenance.json": json.dumps(prov, indent=2) + "\n"}
+    extra = {
+        "recipe.toml": dump_toml(cfg_dict),
+        "provenance.json": json.dumps(prov, indent=2) + "\n",
+    }
     log_path = run_dir / LOG
     if log_path.exists():
         extra["train_log.jsonl"] = log_path.read_text(encoding="utf-8")
@@ -523,7 +577,10 @@ def benchmark(
         "image_size": cfg.data.image_size,
         "steps": len(measured),
         "samples_per_s": len(measured) * cfg.training.batch_size / seconds,
-        "data_wait": sum(r["data_wait"] * cfg.training.batch_size / r["samples_per_s"] for r in measured) / seconds,
+        "data_wait": sum(
+            r["data_wait"] * cfg.training.batch_size / r["samples_per_s"] for r in measured
+        )
+        / seconds,
         "wall_s": wall,
     }
     if runtime.device.type == "cuda":

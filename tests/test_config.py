@@ -29,7 +29,12 @@ def test_shipped_pretrain_recipes_load(name: str) -> None:
 def test_paper_settings_in_pretrain_recipes() -> None:
     for name in ("pretrain-crc", "pretrain-liver"):
         cfg = load_pretrain_config(RECIPES / f"{name}.toml")
-        assert (cfg.optim.name, cfg.optim.lr, cfg.training.batch_size, cfg.training.epochs) == ("adam", 3e-2, 256, 1000)
+        assert (cfg.optim.name, cfg.optim.lr, cfg.training.batch_size, cfg.training.epochs) == (
+            "adam",
+            3e-2,
+            256,
+            1000,
+        )
         assert cfg.model.projector_dims == (2048, 2048, 2048)
         assert cfg.loss.lambda_offdiag == 0.0051
     liver = load_pretrain_config(RECIPES / "pretrain-liver.toml")
@@ -39,7 +44,9 @@ def test_paper_settings_in_pretrain_recipes() -> None:
 
 
 def test_unknown_key_names_the_closest_valid_one() -> None:
-    with pytest.raises(MedzooError, match=r"unknown recipe key 'training.batch_szie': did you mean 'batch_size'"):
+    with pytest.raises(
+        MedzooError, match=r"unknown recipe key 'training.batch_szie': did you mean 'batch_size'"
+    ):
         from_dict(PretrainConfig, {"training": {"batch_szie": 4}})
     with pytest.raises(MedzooError, match="unknown recipe key 'trainig'"):
         from_dict(PretrainConfig, {"trainig": {}})
@@ -57,7 +64,9 @@ def test_wrong_types_and_values_are_one_line_errors() -> None:
 
 
 def test_overrides_parse_toml_values() -> None:
-    raw = apply_overrides({}, ["training.batch_size=32", "optim.lr=1e-3", "model.projector_dims=[64, 64]", "name=x-y"])
+    raw = apply_overrides(
+        {}, ["training.batch_size=32", "optim.lr=1e-3", "model.projector_dims=[64, 64]", "name=x-y"]
+    )
     cfg = from_dict(PretrainConfig, raw)
     assert cfg.training.batch_size == 32 and cfg.optim.lr == 1e-3
     assert cfg.model.projector_dims == (64, 64) and cfg.name == "x-y"

@@ -19,7 +19,7 @@ from medzoo.config import PretrainConfig, apply_overrides, from_dict, load_pretr
 from medzoo.errors import MedzooError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "recipes" / "demo.toml"
+DEMO = ROOT / "recipes" / "pretrain-crc.toml"  # shrunk by TINY
 
 TINY = [
     'name="tiny-bt"',
@@ -46,7 +46,9 @@ def test_tiny_run_loss_falls_and_backbone_loads_into_timm(synth_root: Path, tmp_
 
     cfg = tiny_cfg("training.epochs=8")
     folder = pretrain(cfg, data_root=synth_root, out=tmp_path / "run", progress=False)
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    ]
     losses = [r["loss"] for r in log]
     assert len(losses) == 8 * (108 // 16)
     head, tail = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
@@ -65,7 +67,9 @@ def test_registered_entry_loads_with_medzoo(synth_root: Path, tmp_path: Path) ->
     import medzoo
     from medzoo.pretrain import pretrain
 
-    pretrain(tiny_cfg("training.max_steps=2"), data_root=synth_root, out=tmp_path / "run", progress=False)
+    pretrain(
+        tiny_cfg("training.max_steps=2"), data_root=synth_root, out=tmp_path / "run", progress=False
+    )
     assert "tiny-bt" in medzoo.list_models()
     model = medzoo.load("tiny-bt")
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
@@ -81,11 +85,23 @@ def _cli(args: list[str]) -> list[str]:
 
 def test_sigkill_then_resume_gives_the_same_weights(synth_root: Path, tmp_path: Path) -> None:
     sets = [f"--set={s}" for s in [*TINY, "training.epochs=2", "training.checkpoint_every_steps=3"]]
-    common = ["pretrain", str(DEMO), "--data-root", str(synth_root), "--no-register", "--no-progress", *sets]
+    common = [
+        "pretrain",
+        str(DEMO),
+        "--data-root",
+        str(synth_root),
+        "--no-register",
+        "--no-progress",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli([*common, "--out", str(tmp_path / "a")]), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _cli([*common, "--out", str(tmp_path / "a")]), check=True, env=env, capture_output=True
+    )
 
-    proc = subprocess.Popen(_cli([*common, "--out", str(tmp_path / "b")]), env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli([*common, "--out", str(tmp_path / "b")]), env=env, stderr=subprocess.DEVNULL
+    )
     ckpt = tmp_path / "b" / "checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -95,16 +111,26 @@ def test_sigkill_then_resume_gives_the_same_weights(synth_root: Path, tmp_path: 
     killed_at = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < killed_at < 2 * (108 // 16), "the kill must land mid-run"
 
-    subprocess.run(_cli([*common, "--out", str(tmp_path / "b"), "--resume"]), check=True, env=env, capture_output=True)
+    subprocess.run(
+        _cli([*common, "--out", str(tmp_path / "b"), "--resume"]),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(set(steps)), "a resumed log has no repeated steps"
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(
+    synth_root: Path, tmp_path: Path, monkeypatch
+) -> None:
     import medzoo.losses
     from medzoo.pretrain import pretrain
 
@@ -145,9 +171,18 @@ def test_existing_run_needs_resume(synth_root: Path, tmp_path: Path) -> None:
     pretrain(cfg, data_root=synth_root, out=tmp_path / "run", progress=False, register=False)
     with pytest.raises(MedzooError, match="add --resume"):
         pretrain(cfg, data_root=synth_root, out=tmp_path / "run", progress=False, register=False)
-    other = from_dict(PretrainConfig, apply_overrides({"name": "tiny-bt"}, ["training.seed=5", *TINY[1:]]))
+    other = from_dict(
+        PretrainConfig, apply_overrides({"name": "tiny-bt"}, ["training.seed=5", *TINY[1:]])
+    )
     with pytest.raises(MedzooError, match="another recipe"):
-        pretrain(other, data_root=synth_root, out=tmp_path / "run", progress=False, register=False, resume=True)
+        pretrain(
+            other,
+            data_root=synth_root,
+            out=tmp_path / "run",
+            progress=False,
+            register=False,
+            resume=True,
+        )
 
 
 def test_torchrun_two_gloo_processes(synth_root: Path, tmp_path: Path) -> None:
@@ -160,7 +195,9 @@ def test_torchrun_two_gloo_processes(synth_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in log] == [1, 2, 3], "only rank 0 logs"
     assert (Path(os.environ["MEDZOO_HOME"]) / "models" / "tiny-bt" / "model.safetensors").is_file()
 

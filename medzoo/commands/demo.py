@@ -15,9 +15,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write a dry-run Hub folder, and print a summary.",
     )
     parser.add_argument("--out", default="runs/demo", help="demo folder (default: runs/demo)")
-    parser.add_argument("--size", type=int, default=64, help="image size of the synthetic data (default: 64)")
-    parser.add_argument("--per-class", type=int, default=40, help="train images per class (default: 40)")
-    parser.add_argument("--epochs", type=int, help="pre-training epochs (default: recipes/demo.toml)")
+    parser.add_argument(
+        "--size", type=int, default=64, help="image size of the synthetic data (default: 64)"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=40, help="train images per class (default: 40)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="pre-training epochs (default: recipes/demo.toml)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -18,8 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10",
     )
     parser.add_argument("recipe", help="recipe TOML file (see recipes/)")
-    parser.add_argument("--data-root", help="MIMeta root (default: recipe data.root, $MEDZOO_DATA or data/mimeta)")
-    parser.add_argument("--out", help="run folder for checkpoints and logs (default: runs/pretrain-NAME)")
+    parser.add_argument(
+        "--data-root", help="MIMeta root (default: recipe data.root, $MEDZOO_DATA or data/mimeta)"
+    )
+    parser.add_argument(
+        "--out", help="run folder for checkpoints and logs (default: runs/pretrain-NAME)"
+    )
     parser.add_argument("--name", help="zoo name to register (default: the recipe's name)")
     parser.add_argument(
         "--set",
@@ -29,8 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set training.batch_size=64 (repeatable)",
     )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--no-register", action="store_true", help="train only; do not write a zoo entry")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument(
+        "--no-register", action="store_true", help="train only; do not write a zoo entry"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.set_defaults(func=run)
 

@@ -143,7 +143,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``medzoo.*`` metadata of an exported file, without the prefix."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # truncated or foreign file: protobuf's DecodeError, OSError
+        raise MedzooError(
+            f"{path} is not a readable ONNX file ({type(err).__name__}): re-export it with "
+            "`medzoo export NAME`"
+        ) from None
     return {
         p.key[len(META_PREFIX) :]: p.value
         for p in model.metadata_props
