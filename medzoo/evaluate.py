@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +255,7 @@ def validate(cfg: EvalConfig, root: Path) -> tuple[list[str], list[Strategy]]:
                 raise MedzooError(
                     f"init '{name}' is unavailable ({err}); or set skip_unavailable = true"
                 ) from None
-            warnings.warn(f"skipping init '{name}': {err}", stacklevel=2)
+            print(f"medzoo: note: skipping init '{name}': {err}", file=sys.stderr)
             continue
         inits.append(name)
     if not inits:

@@ -25,13 +25,24 @@ def _world_size() -> int:
     return 1
 
 
-def _sum_over_ranks(tensor: Tensor, world_size: int) -> Tensor:
-    """Autograd-aware sum over ranks (identity on a single process)."""
-    if world_size == 1:
+def sum_over_ranks(tensor: Tensor, world_size: int | None = None) -> Tensor:
+    """Autograd-aware sum over ranks (identity on a single process).
+
+    ``torch.distributed.nn.all_reduce`` is the autograd-aware collective DESIGN.md names; torch
+    2.14 marks it deprecated in favour of a private module, so its FutureWarning is silenced here
+    rather than printed at every step.
+    """
+    if (world_size if world_size is not None else _world_size()) == 1:
         return tensor
+    import warnings
+
     from torch.distributed.nn import all_reduce  # autograd-aware, unlike torch.distributed's
 
-    return all_reduce(tensor)
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*all_reduce is deprecated", category=FutureWarning
+        )
+        return all_reduce(tensor)
 
 
 def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) -> Tensor:
@@ -69,10 +80,10 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) ->
         z1 = z1.float()
         z2 = z2.float()
         batch = torch.tensor(float(z1.shape[0]), device=z1.device)
-        total = _sum_over_ranks(batch, world_size)  # ranks may hold unequal shares
+        total = sum_over_ranks(batch, world_size)  # ranks may hold unequal shares
         z1n = _batch_normalise(z1, total, world_size)
         z2n = _batch_normalise(z2, total, world_size)
-        c = _sum_over_ranks(z1n.T @ z2n, world_size) / total
+        c = sum_over_ranks(z1n.T @ z2n, world_size) / total
         on_diag = torch.diagonal(c)
         on_diag_loss = (1.0 - on_diag).pow(2).sum()
         # sum of all squares minus the diagonal ones: no [D, D] mask allocation
@@ -82,7 +93,7 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambda_offdiag: float = 0.0051) ->
 
 def _batch_normalise(z: Tensor, total: Tensor, world_size: int) -> Tensor:
     """BatchNorm1d(affine=False) in training mode over the global batch of ``total`` rows."""
-    mean = _sum_over_ranks(z.sum(dim=0), world_size) / total
+    mean = sum_over_ranks(z.sum(dim=0), world_size) / total
     centred = z - mean
-    var = _sum_over_ranks(centred.pow(2).sum(dim=0), world_size) / total  # biased, as BatchNorm
+    var = sum_over_ranks(centred.pow(2).sum(dim=0), world_size) / total  # biased, as BatchNorm
     return centred * torch.rsqrt(var + BATCHNORM_EPS)

@@ -68,13 +68,13 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _distributed()):
             return super().forward(x)
-        import torch.distributed.nn as dist_nn
+        from medzoo.losses import sum_over_ranks
 
         dtype = x.dtype
         x = x.float()
         channels = x.shape[1]
         count = torch.full((1,), float(x.shape[0]), device=x.device)
-        stats = dist_nn.all_reduce(torch.cat([x.sum(0), (x * x).sum(0), count]))
+        stats = sum_over_ranks(torch.cat([x.sum(0), (x * x).sum(0), count]))
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)

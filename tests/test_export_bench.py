@@ -114,8 +114,8 @@ def test_bench_pretrain_calls_the_training_benchmark(
     pretrain = pytest.importorskip("medzoo.pretrain")
     seen = {}
 
-    def fake_benchmark(cfg, steps, data_root=None):  # noqa: ANN001, ANN202
-        seen.update(cfg=cfg, steps=steps, data_root=data_root)
+    def fake_benchmark(cfg, steps, data_root=None, synthetic=False):  # noqa: ANN001, ANN202
+        seen.update(cfg=cfg, steps=steps, data_root=data_root, synthetic=synthetic)
         return {"steps_per_s": 1.5}
 
     monkeypatch.setattr(pretrain, "benchmark", fake_benchmark)
@@ -137,3 +137,4 @@ def test_bench_pretrain_calls_the_training_benchmark(
     assert code == 0
     assert json.loads(capsys.readouterr().out) == {"steps_per_s": 1.5}
     assert seen["steps"] == 3 and seen["data_root"] == "d" and seen["cfg"].training.batch_size == 4
+    assert seen["synthetic"] is False
