@@ -18,7 +18,7 @@ import torch
 
 import medzoo
 from medzoo.errors import MedzooError
-from medzoo.zoo import index
+from medzoo.zoo import index, loading
 from medzoo.zoo.entry import ZooEntry
 
 LABELS = ("adipose", "background", "debris", "mucus")
@@ -226,7 +226,7 @@ def test_imagenet_loads_through_timm(monkeypatch, rgb_classifier) -> None:
         return {k: v for k, v in rgb_classifier.items() if not k.startswith("fc.")}
 
     monkeypatch.setattr("timm.models._builder.load_state_dict_from_hf", cached)
-    monkeypatch.setattr(index, "_timm_weights_cached", lambda name: True)
+    monkeypatch.setattr(loading, "_timm_weights_cached", lambda name: True)
     model = medzoo.load("in1k-r18")
     assert calls == ["timm/resnet18.tv_in1k"] and model.num_classes == 0
     assert torch.equal(model.conv1.weight, rgb_classifier["conv1.weight"])
@@ -239,7 +239,7 @@ def test_offline_imagenet_fails_fast_in_one_line(monkeypatch) -> None:
         raise AssertionError("no download may be attempted offline")
 
     monkeypatch.setattr("timm.models._builder.load_state_dict_from_hf", no_download)
-    monkeypatch.setattr(index, "_timm_weights_cached", lambda name: False)
+    monkeypatch.setattr(loading, "_timm_weights_cached", lambda name: False)
     with pytest.raises(
         MedzooError, match="not in the local Hugging Face cache and the Hub is unreachable"
     ):

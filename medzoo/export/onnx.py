@@ -1,11 +1,13 @@
-"""ONNX export of zoo models, with embedded metadata and a torch-vs-onnxruntime parity check.
+"""ONNX export of zoo models: the export itself, its embedded metadata, fp16, and sessions.
 
 Every export is verified before it is kept: the graph passes ``onnx.checker`` (full check), runs
 in onnxruntime with batches of 1 and 7 although it was traced with a batch of 2 (the batch
 dimension really is dynamic), and gives the same outputs as the torch model on random images and,
-when the entry's datasets are available, on real test images. Anything that fails raises a
-:class:`MedzooError` and leaves nothing behind: the files are built in a temporary folder beside
-the output folder and only moved in once every check has passed.
+when the entry's datasets are available, on real test images (:mod:`medzoo.export.parity`).
+Anything that fails raises a :class:`MedzooError` and leaves nothing behind: the files are built
+in a temporary folder beside the output folder and only moved in once every check has passed.
+int8 quantisation and its agreement check live in :mod:`medzoo.export.int8`; their public names
+stay importable from here.
 
 Exporter: ``torch.onnx.export(dynamo=True)``, the torch.export-based exporter. It is the default
 and the maintained path in torch >= 2.9 (the TorchScript exporter is deprecated and warns), its
@@ -40,15 +42,21 @@ import numpy as np
 
 from medzoo.errors import MedzooError
 
+# parity and int8 were split out of this module; their public names stay importable from here
+from medzoo.export.int8 import INT8_OPS as INT8_OPS
+from medzoo.export.int8 import int8_agreement, quantize_int8
+from medzoo.export.parity import FP16_TOLERANCE as FP16_TOLERANCE
+from medzoo.export.parity import FP32_TOLERANCE as FP32_TOLERANCE
+from medzoo.export.parity import ParityInputs, _feed, check_parity, random_images
+from medzoo.export.parity import compare as compare
+from medzoo.export.parity import run_torch as run_torch
+
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
-FP32_TOLERANCE = 1e-4  # max |torch - ort| / max |torch|
-FP16_TOLERANCE = 1e-2
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
 EXAMPLE_BATCH = 2  # traced with 2 so that no dimension is specialised to 1
 CHECK_BATCHES = (1, 7)  # neither is the traced batch: proves the batch axis is dynamic
 PARITY_REAL_IMAGES = 64  # real test images compared in every export (more adds time, not evidence)
 CALIBRATION_IMAGES = 256
-INT8_OPS = ("Conv",)
 
 MODEL_FILE = "model.onnx"
 FP16_FILE = "model_fp16.onnx"
@@ -267,102 +275,7 @@ def run_session(session: Any, inputs: np.ndarray, batch_size: int = 32) -> np.nd
     return np.concatenate(outs).astype(np.float32)
 
 
-def run_torch(module: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        outs = [
-            module(torch.from_numpy(inputs[i : i + batch_size])).float().numpy()
-            for i in range(0, len(inputs), batch_size)
-        ]
-    return np.concatenate(outs)
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray, *, classifier: bool) -> dict[str, Any]:
-    """Max absolute error, relative error (max abs error / max |reference|), top-1 mismatches."""
-    diff = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
-    out: dict[str, Any] = {
-        "images": int(reference.shape[0]),
-        "max_abs": diff,
-        "max_rel": diff / max(scale, 1e-12),
-    }
-    if classifier:
-        out["top1_mismatches"] = int(np.sum(reference.argmax(1) != candidate.argmax(1)))
-    return out
-
-
-# --------------------------------------------------------------------------- parity
-
-
-@dataclass
-class ParityInputs:
-    """uint8 images ``[N, C, H, W]`` for the checks, and the labels of the real ones."""
-
-    random: np.ndarray
-    real: np.ndarray | None = None
-
-
-def random_images(input_size: Sequence[int], count: int, seed: int = 0) -> np.ndarray:
-    c, h, w = input_size
-    return np.random.default_rng(seed).integers(0, 256, size=(count, c, h, w), dtype=np.uint8)
-
-
-def _feed(images: np.ndarray, meta: Mapping[str, Any], include_preprocessing: bool) -> np.ndarray:
-    if include_preprocessing:
-        return np.ascontiguousarray(images)
-    return normalize(images, meta["mean"], meta["std"]).numpy()
-
-
-def check_parity(
-    module: Any,
-    path: Path,
-    meta: Mapping[str, Any],
-    inputs: ParityInputs,
-    *,
-    precision: str,
-    include_preprocessing: bool,
-) -> dict[str, Any]:
-    """Run ``inputs`` through torch (fp32) and onnxruntime CPU; raise if they disagree.
-
-    The random images go in as one batch of 1 and one of 7 (neither is the traced batch of 2),
-    the real ones in batches of 32. Raises :class:`MedzooError` when the relative error exceeds
-    the tolerance of ``precision`` or (fp32) when a classifier's top-1 differs on any image.
-    """
-    session = cpu_session(path)
-    classifier = bool(meta["num_classes"])
-    batches = [inputs.random[:1], inputs.random[1 : 1 + 7]]
-    if inputs.real is not None and len(inputs.real):
-        batches.append(inputs.real)
-    reference, candidate = [], []
-    for images in batches:
-        feed = _feed(images, meta, include_preprocessing)
-        ort_out = run_session(session, feed, batch_size=max(len(feed), 1) if len(feed) <= 7 else 32)
-        if ort_out.shape[0] != len(feed):
-            raise MedzooError(
-                f"{path.name}: batch of {len(feed)} gave {ort_out.shape[0]} outputs; the batch axis is not dynamic"
-            )
-        reference.append(run_torch(module, feed))
-        candidate.append(ort_out)
-    result = compare(np.concatenate(reference), np.concatenate(candidate), classifier=classifier)
-    result["batches_checked"] = [len(b) for b in batches]
-    result["real_images"] = 0 if inputs.real is None else int(len(inputs.real))
-    tolerance = FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
-    result["tolerance"] = tolerance
-    if result["max_rel"] > tolerance:
-        raise MedzooError(
-            f"{meta['name']} {precision} export failed parity: relative error {result['max_rel']:.2e} "
-            f"> {tolerance:.0e} (max abs {result['max_abs']:.2e}); nothing written"
-        )
-    if classifier and precision == "fp32" and result["top1_mismatches"]:
-        raise MedzooError(
-            f"{meta['name']} fp32 export failed parity: top-1 differs from torch on "
-            f"{result['top1_mismatches']} of {result['images']} images; nothing written"
-        )
-    return result
-
-
-# --------------------------------------------------------------------------- fp16, int8
+# --------------------------------------------------------------------------- fp16
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
@@ -405,129 +318,6 @@ def check_graph(path: Path) -> None:
         raise MedzooError(
             f"onnx.checker rejected {path.name}: {str(err).strip().splitlines()[0]}"
         ) from err
-
-
-class _Calibration:
-    """onnxruntime's CalibrationDataReader over a uint8 image array."""
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        meta: Mapping[str, Any],
-        include_preprocessing: bool,
-        batch_size: int = 1,  # equal shapes: the histogram calibrators cannot stack ragged batches
-    ) -> None:
-        self._batches = iter(
-            [
-                _feed(images[i : i + batch_size], meta, include_preprocessing)
-                for i in range(0, len(images), batch_size)
-            ]
-        )
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-
-def _stem_conv(path: Path) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return [next(node.name for node in graph.node if node.op_type == "Conv")]
-
-
-def quantize_int8(
-    src: Path,
-    dst: Path,
-    calibration: np.ndarray,
-    meta: Mapping[str, Any],
-    include_preprocessing: bool,
-) -> None:
-    """Static QDQ quantisation: int8 per-channel weights, uint8 activations (percentile calibration)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(
-        calibration, meta, include_preprocessing
-    )
-    prepared = dst.with_name(dst.stem + ".prep.onnx")
-    with _quiet():
-        # fuses and infers shapes first, as onnxruntime recommends before quantize_static
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            # 99.999th-percentile ranges instead of min/max: one outlier activation no longer
-            # stretches the scale (top-1 agreement 96.7 % -> 98.9 % on a 224-px crc probe)
-            calibrate_method=CalibrationMethod.Percentile,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            # convolutions carry ~all the compute; the fc head stays fp32, which keeps a
-            # classifier's top-1 (small logit gaps) and costs nothing
-            op_types_to_quantize=list(INT8_OPS),
-            # the stem sees raw pixels and holds 0.5 % of the weights: fp32 there is the usual
-            # trade, worth a point of top-1 agreement on weak (random-init) features
-            nodes_to_exclude=_stem_conv(prepared),
-        )
-    prepared.unlink(missing_ok=True)
-    import onnx
-
-    model = onnx.load(str(dst))
-    props = {META_PREFIX + k: v for k, v in read_metadata(src).items()}
-    props[META_PREFIX + "precision"] = "int8"
-    _set_props(model, props)
-    onnx.save(model, str(dst))
-
-
-def int8_agreement(
-    fp32_path: Path,
-    int8_path: Path,
-    meta: Mapping[str, Any],
-    test_images: np.ndarray,
-    include_preprocessing: bool,
-    train_images: np.ndarray | None = None,
-    train_labels: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """Top-1 agreement of int8 with fp32 on the test images.
-
-    A classifier's top-1 is its argmax. A backbone has no classes of its own, so its "top-1" is
-    the nearest class centroid of the fp32 train embeddings (a linear-probe stand-in); the mean
-    cosine similarity of the embeddings is reported too.
-    """
-    fp32 = run_session(cpu_session(fp32_path), _feed(test_images, meta, include_preprocessing))
-    int8 = run_session(cpu_session(int8_path), _feed(test_images, meta, include_preprocessing))
-    cosine = np.sum(fp32 * int8, 1) / (
-        np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1) + 1e-12
-    )
-    if meta["num_classes"]:
-        top_ref, top_q = fp32.argmax(1), int8.argmax(1)
-        how = "argmax of logits"
-    else:
-        assert train_images is not None and train_labels is not None
-        train = run_session(
-            cpu_session(fp32_path), _feed(train_images, meta, include_preprocessing)
-        )
-        classes = np.unique(train_labels)
-        centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
-        top_ref = classes[np.argmin(((fp32[:, None] - centroids[None]) ** 2).sum(-1), 1)]
-        top_q = classes[np.argmin(((int8[:, None] - centroids[None]) ** 2).sum(-1), 1)]
-        how = "nearest fp32 class centroid of the embeddings"
-    return {
-        "images": int(len(test_images)),
-        "top1_agreement": float(np.mean(top_ref == top_q)),
-        "top1": how,
-        "mean_cosine": float(np.mean(cosine)),
-        "max_abs": float(np.max(np.abs(fp32 - int8))),
-    }
 
 
 # --------------------------------------------------------------------------- the export
