@@ -180,6 +180,29 @@ def load_pretraining_images(
     return split.images
 
 
+def load_images_per_rank(
+    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None, runtime: Runtime
+) -> torch.Tensor:
+    """Load the pre-training images once per host under torchrun.
+
+    Every process of a host shares one memory budget (8 GPUs must not hold 8 copies of crc's
+    12.8 GB), so above its share the split is memory-mapped; the first process of each host
+    writes the map and the others wait, then map the same file through the page cache.
+    """
+    if runtime.world_size == 1:
+        return load_pretraining_images(cfg, data_root)
+    import dataclasses
+
+    import torch.distributed as dist
+
+    per_host = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world_size))
+    share = dataclasses.replace(cfg.data, memory_budget_gb=cfg.data.memory_budget_gb / per_host)
+    cfg = dataclasses.replace(cfg, data=share)
+    images = load_pretraining_images(cfg, data_root) if runtime.local_rank == 0 else None
+    dist.barrier()
+    return images if images is not None else load_pretraining_images(cfg, data_root)
+
+
 # --------------------------------------------------------------------------- model and optimiser
 
 
@@ -316,9 +339,9 @@ def pretrain(
         raise MedzooError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
-    if images is None:
-        images = load_pretraining_images(cfg, data_root)
     runtime = make_runtime(cfg)
+    if images is None:
+        images = load_images_per_rank(cfg, data_root, runtime)
     state = _train(cfg, cfg_dict, runtime, images, run_dir, resume, progress)
     if runtime.world_size > 1:
         import torch.distributed as dist
@@ -555,9 +578,9 @@ def benchmark(
     if synthetic:
         count = max(cfg.training.batch_size * 2, cfg.training.batch_size * min(total, 8))
         images = synthetic_images(count, cfg.data.channels, cfg.data.image_size)
-    else:
-        images = load_pretraining_images(cfg, data_root)
     runtime = make_runtime(cfg)
+    if not synthetic:
+        images = load_images_per_rank(cfg, data_root, runtime)
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
     with tempfile.TemporaryDirectory() as tmp:

@@ -186,7 +186,16 @@ def test_existing_run_needs_resume(synth_root: Path, tmp_path: Path) -> None:
 
 
 def test_torchrun_two_gloo_processes(synth_root: Path, tmp_path: Path) -> None:
-    sets = [f"--set={s}" for s in [*TINY, "training.max_steps=3", 'training.device="cpu"']]
+    # a budget below one copy: the first process memory-maps the split, the second reuses the map
+    sets = [
+        f"--set={s}"
+        for s in [
+            *TINY,
+            "training.max_steps=3",
+            'training.device="cpu"',
+            "data.memory_budget_gb=0.0001",
+        ]
+    ]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "medzoo", "pretrain", str(DEMO), "--data-root", str(synth_root), "--out", str(tmp_path / "run"),
@@ -200,6 +209,8 @@ def test_torchrun_two_gloo_processes(synth_root: Path, tmp_path: Path) -> None:
     ]
     assert [r["step"] for r in log] == [1, 2, 3], "only rank 0 logs"
     assert (Path(os.environ["MEDZOO_HOME"]) / "models" / "tiny-bt" / "model.safetensors").is_file()
+    maps = list((Path(os.environ["MEDZOO_HOME"]) / "cache" / "data").glob("*"))
+    assert len(maps) >= 1, "the split was memory-mapped once for both processes"
 
 
 def test_benchmark_reports_throughput() -> None:
