@@ -20,7 +20,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,179 +27,17 @@ import torch
 from torch import nn
 
 from medzoo.config import PretrainConfig, default_mean_std, dump_toml, to_dict
+from medzoo.data.batches import (
+    BatchSource,
+    load_images_per_rank,
+    synthetic_images,
+)
 from medzoo.errors import MedzooError
 from medzoo.provenance import atomic_path, atomic_write_json, atomic_write_text, provenance
+from medzoo.runtime import Runtime, make_runtime
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "train_log.jsonl"
-
-
-# --------------------------------------------------------------------------- runtime setup
-
-
-@dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int
-    world_size: int
-    local_rank: int
-    amp_dtype: torch.dtype | None  # None: fp32
-    use_scaler: bool
-    channels_last: bool
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_pref: str) -> tuple[int, int, int]:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def make_runtime(cfg: PretrainConfig) -> Runtime:
-    """Device, DDP rank and precision for this process."""
-    training = cfg.training
-    rank, world_size, local_rank = _init_distributed(training.device)
-    if training.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(training.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MedzooError(
-                'training.device asks for CUDA but no GPU is visible: set training.device="auto" or "cpu"'
-            )
-        if device.type == "cuda" and world_size > 1:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    precision = training.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise MedzooError(
-            f'training.precision = {precision} needs a GPU: use "auto" or "fp32" on CPU'
-        )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return Runtime(
-        device=device,
-        rank=rank,
-        world_size=world_size,
-        local_rank=local_rank,
-        amp_dtype=amp_dtype,
-        use_scaler=precision == "fp16",
-        channels_last=training.channels_last and device.type == "cuda",
-    )
-
-
-# --------------------------------------------------------------------------- data
-
-
-class BatchSource:
-    """Deterministic batches of uint8 images: epoch permutations seeded by (seed, epoch)."""
-
-    def __init__(
-        self, images: torch.Tensor, batch_size: int, seed: int, rank: int, world_size: int
-    ) -> None:
-        if batch_size % world_size:
-            raise MedzooError(
-                f"training.batch_size = {batch_size} is not divisible by the {world_size} processes"
-            )
-        if len(images) < batch_size:
-            raise MedzooError(
-                f"training.batch_size = {batch_size} exceeds the {len(images)} pre-training images: lower it"
-            )
-        self.images = images
-        self.batch_size = batch_size
-        self.local_batch = batch_size // world_size
-        self.seed = seed
-        self.rank = rank
-        self.steps_per_epoch = len(images) // batch_size
-        self._perm_epoch = -1
-        self._perm = torch.empty(0, dtype=torch.long)
-
-    def indices(self, step: int) -> torch.Tensor:
-        epoch, within = divmod(step, self.steps_per_epoch)
-        if epoch != self._perm_epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=generator)
-            self._perm_epoch = epoch
-        start = within * self.batch_size + self.rank * self.local_batch
-        # Sorted rows read faster from a memory map; order within a batch does not change the loss.
-        return self._perm[start : start + self.local_batch].sort().values
-
-    def load(self, step: int, pin: bool) -> torch.Tensor:
-        batch = self.images[self.indices(step)]
-        return batch.pin_memory() if pin else batch
-
-
-def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Random uint8 images for throughput benchmarks (no data root needed)."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(
-        0, 256, (count, channels, size, size), dtype=torch.uint8, generator=generator
-    )
-
-
-def load_pretraining_images(
-    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None
-) -> torch.Tensor:
-    from medzoo.config import data_root as resolve_root
-    from medzoo.data.domains import load_domain
-
-    root = resolve_root(data_root or cfg.data.root)
-    if not root.is_dir():
-        raise MedzooError(
-            f"data root {root} does not exist: run `medzoo data fetch` (or `medzoo data synth {root}` "
-            "for synthetic data), or point --data-root / MEDZOO_DATA at your MIMeta folder"
-        )
-    split = load_domain(
-        root,
-        cfg.data.domain,
-        list(cfg.data.splits),
-        image_size=cfg.data.image_size,
-        memory_budget_gb=cfg.data.memory_budget_gb,
-    )
-    if split.images.shape[1] != cfg.data.channels:
-        raise MedzooError(
-            f"domain {cfg.data.domain} has {split.images.shape[1]} channel(s) but data.channels = "
-            f"{cfg.data.channels}: set data.channels and model.in_chans to {split.images.shape[1]}"
-        )
-    return split.images
-
-
-def load_images_per_rank(
-    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None, runtime: Runtime
-) -> torch.Tensor:
-    """Load the pre-training images once per host under torchrun.
-
-    Every process of a host shares one memory budget (8 GPUs must not hold 8 copies of crc's
-    12.8 GB), so above its share the split is memory-mapped; the first process of each host
-    writes the map and the others wait, then map the same file through the page cache.
-    """
-    if runtime.world_size == 1:
-        return load_pretraining_images(cfg, data_root)
-    import dataclasses
-
-    import torch.distributed as dist
-
-    per_host = int(os.environ.get("LOCAL_WORLD_SIZE", runtime.world_size))
-    share = dataclasses.replace(cfg.data, memory_budget_gb=cfg.data.memory_budget_gb / per_host)
-    cfg = dataclasses.replace(cfg, data=share)
-    images = load_pretraining_images(cfg, data_root) if runtime.local_rank == 0 else None
-    dist.barrier()
-    return images if images is not None else load_pretraining_images(cfg, data_root)
 
 
 # --------------------------------------------------------------------------- model and optimiser
