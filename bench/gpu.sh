@@ -16,6 +16,9 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 
+# The gpu-marked tests first (bf16 + channels_last step, CUDA loss and augmentation parity).
+timeout 300 $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -20 | tee "$OUT/gpu-tests.txt"
+
 # Pre-training: synthetic uint8 images at 224 px in memory, bf16 + channels_last, batch 256 and
 # 1024, eager and torch.compile. Goal: >= 10,000 samples/s, data-wait < 5 %, batch 256 < 8 GB.
 for compile in false true; do
