@@ -380,7 +380,17 @@ def fetch_datasets(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise MedzooError(f"--root {root} is a file; give a folder")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fetch_all(ids, root, source, force)
+    except BaseException:
+        if created and not any(root.iterdir()):
+            root.rmdir()  # a failed first fetch leaves no empty root behind
+        raise
+
+
+def _fetch_all(ids: Sequence[str], root: Path, source: str | None, force: bool) -> list[Path]:
     files_cache: dict[str, list[RemoteFile]] = {}
     out = []
     for dataset_id in dict.fromkeys(ids):
