@@ -62,6 +62,11 @@ BAD_INPUTS = [
     ("data: missing root", ["data", "info", "{work}/nowhere"], "does not exist"),
     ("data: unknown dataset", ["data", "synth", "{work}/s", "--datasets", "crcc"], "crc"),
     (
+        "data: fetch from a source that does not exist",
+        ["data", "fetch", "crc", "--root", "{work}/mimeta", "--source", "{work}/missing.zip"],
+        "missing.zip",
+    ),
+    (
         "data: missing root for pretraining",
         ["pretrain", str(CRC), "--data-root", "{work}/none"],
         "medzoo data fetch",
