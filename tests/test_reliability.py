@@ -22,7 +22,7 @@ EVAL = ROOT / "recipes" / "eval-crc.toml"
 
 
 def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
-    """Every file under the roots with its size and mtime: 'nothing written' means equal snapshots."""
+    """Every file and folder under the roots: 'nothing written' means equal snapshots."""
     files = {}
     for root in roots:
         if root.exists():
@@ -30,6 +30,8 @@ def _snapshot(*roots: Path) -> dict[str, tuple[int, int]]:
                 if path.is_file():
                     stat = path.stat()
                     files[str(path)] = (stat.st_size, stat.st_mtime_ns)
+                else:
+                    files[str(path)] = (-1, -1)  # a new empty folder counts as written too
     return files
 
 
