@@ -42,6 +42,11 @@ def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get("MEDZOO_DATA") or DEFAULT_DATA_ROOT)
 
 
+def medzoo_home() -> Path:
+    """The zoo registry, weights and caches: ``MEDZOO_HOME``, else ``~/.cache/medzoo``."""
+    return Path(os.environ.get("MEDZOO_HOME") or Path.home() / ".cache" / "medzoo").expanduser()
+
+
 def default_mean_std(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """ImageNet statistics; for one channel their average, as timm adapts conv1 for in_chans=1."""
     if in_chans == 3:

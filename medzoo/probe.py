@@ -110,10 +110,9 @@ def extract_features(
 
 def feature_cache_dir() -> Path:
     """``$MEDZOO_HOME/cache/features``."""
-    home = os.environ.get("MEDZOO_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache", "medzoo"
-    )
-    return Path(home) / "cache" / "features"
+    from medzoo.config import medzoo_home
+
+    return medzoo_home() / "cache" / "features"
 
 
 def data_fingerprint(

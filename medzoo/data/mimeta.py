@@ -444,10 +444,9 @@ def _fill(plan: _Plan, out: np.ndarray, offset: int, image_size: int | None, pro
 
 def cache_dir() -> Path:
     """Where memory-mapped splits live: ``$MEDZOO_HOME/cache/data``."""
-    home = os.environ.get("MEDZOO_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache", "medzoo"
-    )
-    return Path(home) / "cache" / "data"
+    from medzoo.config import medzoo_home
+
+    return medzoo_home() / "cache" / "data"
 
 
 def _cache_key(plans: Sequence[_Plan], shape: tuple[int, ...]) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from medzoo.config import medzoo_home
 from medzoo.errors import MedzooError
 from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
 from medzoo.zoo.entry import (
@@ -54,11 +55,6 @@ __all__ = [
 
 REGISTRY_FILE = "registry.json"
 _RESERVED = {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE}  # save_entry writes these itself
-
-
-def medzoo_home() -> Path:
-    """``$MEDZOO_HOME``, else ``~/.cache/medzoo``."""
-    return Path(os.environ.get("MEDZOO_HOME") or Path.home() / ".cache" / "medzoo").expanduser()
 
 
 def entry_folder(name: str) -> Path:
