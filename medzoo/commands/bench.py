@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from medzoo.commands import add_set_option
+
 DESCRIPTION = """\
 Two benchmarks share this command:
 
@@ -64,14 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--data-root", metavar="ROOT", help="MIMeta root (default MEDZOO_DATA or data/mimeta)"
     )
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value (repeatable)",
-    )
+    add_set_option(train, "training.batch_size=1024")
     parser.set_defaults(func=run)
 
 

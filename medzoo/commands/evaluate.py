@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from medzoo.commands import add_set_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate = subparsers.add_parser(
@@ -17,14 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("recipe", help="evaluation recipe (TOML), e.g. recipes/eval-crc.toml")
     evaluate.add_argument("--data-root", help="MIMeta root (default: MEDZOO_DATA or data/mimeta)")
     evaluate.add_argument("--out", help="run folder (default: runs/eval-<recipe>-<timestamp>/)")
-    evaluate.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set seeds=[0] --set finetune.epochs=2 (repeatable)",
-    )
+    add_set_option(evaluate, "seeds=[0] --set finetune.epochs=2")
     evaluate.set_defaults(func=_evaluate)
 
     head = subparsers.add_parser(

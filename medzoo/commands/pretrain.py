@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from medzoo.commands import add_set_option
 from medzoo.errors import MedzooError
 
 
@@ -25,14 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", help="run folder for checkpoints and logs (default: runs/pretrain-NAME)"
     )
     parser.add_argument("--name", help="zoo name to register (default: the recipe's name)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set training.batch_size=64 (repeatable)",
-    )
+    add_set_option(parser, "training.batch_size=64")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
