@@ -282,6 +282,8 @@ def _train(
         pending = pool.submit(source.load, step, pin) if step < total_steps else None
         window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
         last_loss = float("nan")
+        first_bad = torch.full((), -1, dtype=torch.long, device=runtime.device)
+        bad_loss = torch.zeros((), device=runtime.device)
         train_model.train()
         while step < total_steps:
             wait_start = time.perf_counter()
@@ -299,11 +301,11 @@ def _train(
                 z1 = train_model(view1)
                 z2 = train_model(view2)
             loss = losses.barlow_twins_loss(z1.float(), z2.float(), cfg.loss.lambda_offdiag)
-            if not torch.isfinite(loss):
-                raise MedzooError(
-                    f"loss became {loss.item()} at step {step}; the last good checkpoint is kept in "
-                    f"{run_dir / CHECKPOINT}: lower optim.lr or use training.precision=fp32, then --resume"
-                )
+            # Recorded on the device (no host sync in the step); checked when the loss is read for
+            # the log and before every checkpoint, so a non-finite run is never saved.
+            newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+            first_bad = torch.where(newly_bad, step, first_bad)
+            bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -316,7 +318,15 @@ def _train(
             step += 1
             window_samples += training.batch_size
 
-            if step % training.log_every_steps == 0 or step == total_steps:
+            log_now = step % training.log_every_steps == 0 or step == total_steps
+            save_now = step % training.checkpoint_every_steps == 0 or step == total_steps
+            if (log_now or save_now) and first_bad.item() >= 0:
+                raise MedzooError(
+                    f"loss became {bad_loss.item()} at step {first_bad.item()}; the last good "
+                    f"checkpoint is kept in {run_dir / CHECKPOINT}: lower optim.lr or use "
+                    "training.precision=fp32, then --resume"
+                )
+            if log_now:
                 last_loss = loss.item()
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {
@@ -339,9 +349,7 @@ def _train(
                 window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
             if bar is not None:
                 bar.update(1)
-            if runtime.is_main and (
-                step % training.checkpoint_every_steps == 0 or step == total_steps
-            ):
+            if runtime.is_main and save_now:
                 save_checkpoint(
                     run_dir / CHECKPOINT, model, optimizer, scheduler, scaler, step, cfg_dict
                 )
