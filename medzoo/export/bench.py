@@ -372,27 +372,14 @@ def run_bench(
     try:
         if torch_baseline:
             model = load(name)
-            rows += bench_torch(
-                model,
-                images,
-                meta,
-                batch_sizes,
-                compile=compile,
-                device="cpu",
-                iterations=iterations,
-                warmup=warmup,
+            devices = ["cpu"] + (
+                ["cuda"] if "cuda" in providers and torch.cuda.is_available() else []
             )
-            if "cuda" in providers and torch.cuda.is_available():
+            for device in devices:
                 rows += bench_torch(
-                    model,
-                    images,
-                    meta,
-                    batch_sizes,
-                    compile=compile,
-                    device="cuda",
-                    iterations=iterations,
-                    warmup=warmup,
-                )
+                    model, images, meta, batch_sizes,
+                    compile=compile, device=device, iterations=iterations, warmup=warmup,
+                )  # fmt: skip
         for backend, provider, precision, path in _ort_backends(export_dir, providers):
             session, why = ort_session(
                 path,
