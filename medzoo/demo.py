@@ -55,8 +55,9 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out`` (data, runs, exports) and return its summary."""
     from medzoo.config import load_pretrain_config
+    from medzoo.data.mimeta import KNOWN_DATASETS
     from medzoo.data.synth import write_synthetic
-    from medzoo.evaluate import evaluate, load_eval_config
+    from medzoo.evaluate import evaluate, load_eval_config, task_slug
     from medzoo.export.bench import run_bench
     from medzoo.export.onnx import export_model
     from medzoo.pretrain import pretrain
@@ -93,7 +94,9 @@ def run_demo(
         "evaluation: linear probe and short fine-tune vs random init over label fractions and seeds",
         lambda: evaluate(eval_cfg, data_root=data, out=out / "eval"),
     )
-    classifier = f"{cfg.name}-axial-organ"
+    dataset = eval_cfg.datasets[0]
+    task = eval_cfg.tasks.get(dataset) or KNOWN_DATASETS[dataset].task
+    classifier = f"{cfg.name}-{task_slug(dataset, task)}"  # the name evaluation registers
     export = steps.run(
         f"ONNX export of {classifier} with the torch-vs-onnxruntime parity check",
         lambda: export_model(classifier, out / "export", data_root=data),

@@ -1,0 +1,35 @@
+"""`medzoo demo` end to end at a tiny scale (~40 s), and the demo recipes' consistency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medzoo.cli import main
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def test_demo_recipes_fit_together() -> None:
+    from medzoo.config import load_pretrain_config
+    from medzoo.data.domains import resolve_domain
+    from medzoo.evaluate import load_eval_config
+
+    pretrain = load_pretrain_config(RECIPES / "demo.toml")
+    evaluation = load_eval_config(RECIPES / "eval-demo.toml")
+    assert pretrain.name in evaluation.inits and "random-r18" in evaluation.inits
+    assert set(evaluation.datasets) <= set(resolve_domain(pretrain.data.domain))
+    assert pretrain.augment.preset == "ct" and evaluation.register_classifiers
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert (
+        main(["demo", "--out", str(out), "--size", "32", "--per-class", "12", "--epochs", "1"]) == 0
+    )
+    summary = (out / "summary.md").read_text()
+    assert "demo-bt-liver-r18" in summary and "random-r18" in summary
+    assert (out / "export" / "model.onnx").is_file()
+    assert (out / "bench" / "bench.md").is_file()
+    assert (out / "hub" / "model.safetensors").is_file() and (out / "hub" / "README.md").is_file()
+    assert list((out / "eval" / "figures").glob("*.png"))
+    assert "total:" in capsys.readouterr().out
