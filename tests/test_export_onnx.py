@@ -169,7 +169,7 @@ def test_broken_export_fails_parity_and_writes_nothing(
 ) -> None:
     from onnx import numpy_helper
 
-    set_props = mo._set_props
+    set_props = mo.set_props
 
     def scale_weights(model, props):  # noqa: ANN001, ANN202 - a subtle "bug" in the graph
         for init in model.graph.initializer:
@@ -178,7 +178,7 @@ def test_broken_export_fails_parity_and_writes_nothing(
                 init.CopyFrom(numpy_helper.from_array(array * np.float32(1.001), init.name))
         return set_props(model, props)
 
-    monkeypatch.setattr(mo, "_set_props", scale_weights)
+    monkeypatch.setattr(mo, "set_props", scale_weights)
     out = tmp_path / "exports" / BACKBONE
     with pytest.raises(MedzooError, match="failed parity: relative error"):
         mo.export_model(BACKBONE, out)

@@ -155,7 +155,7 @@ def bench_torch(
 ) -> list[dict[str, Any]]:
     import torch
 
-    from medzoo.export.onnx import normalize
+    from medzoo.export.runtime import normalize
 
     rows = []
     data = normalize(images, meta["mean"], meta["std"]).to(device)
@@ -283,7 +283,7 @@ def bench_ort(
 
 def _ort_backends(export_dir: Path, providers: Sequence[str]) -> list[tuple[str, str, str, Path]]:
     """(backend, provider, precision, file) for every ONNX run the export folder allows."""
-    from medzoo.export.onnx import FP16_FILE, INT8_FILE, MODEL_FILE
+    from medzoo.export.runtime import FP16_FILE, INT8_FILE, MODEL_FILE
 
     out = []
     if "cpu" in providers:
@@ -306,7 +306,8 @@ def _ort_backends(export_dir: Path, providers: Sequence[str]) -> list[tuple[str,
 
 
 def _ensure_export(name: str, export_dir: Path, entry: Any) -> None:
-    from medzoo.export.onnx import MODEL_FILE, export_model, read_metadata
+    from medzoo.export.onnx import export_model
+    from medzoo.export.runtime import MODEL_FILE, read_metadata
 
     path = export_dir / MODEL_FILE
     if not path.is_file():
@@ -344,13 +345,9 @@ def run_bench(
     """
     import torch
 
-    from medzoo.export.onnx import (
-        default_export_dir,
-        entry_metadata,
-        normalize,
-        random_images,
-        read_metadata,
-    )
+    from medzoo.export.onnx import default_export_dir, entry_metadata
+    from medzoo.export.parity import random_images
+    from medzoo.export.runtime import normalize, read_metadata
     from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
     from medzoo.zoo.index import load, model_info
 

@@ -4,7 +4,7 @@
 uint8 activations for the convolutions, calibrated on train images, the stem left in fp32.
 :func:`int8_agreement` measures how often the int8 model's top-1 matches fp32 on the test split;
 :func:`~medzoo.export.onnx.export_module` keeps the int8 file only above its bar. Session and
-metadata helpers come from :mod:`medzoo.export.onnx` when called (that module imports this one).
+metadata helpers come from :mod:`medzoo.export.runtime`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from medzoo.export.parity import _feed
+from medzoo.export.runtime import (
+    INPUT_NAME,
+    META_PREFIX,
+    cpu_session,
+    model_input,
+    quiet,
+    read_metadata,
+    run_session,
+    set_props,
+)
 
 INT8_OPS = ("Conv",)
 
@@ -32,14 +41,12 @@ class _Calibration:
     ) -> None:
         self._batches = iter(
             [
-                _feed(images[i : i + batch_size], meta, include_preprocessing)
+                model_input(images[i : i + batch_size], meta, include_preprocessing)
                 for i in range(0, len(images), batch_size)
             ]
         )
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from medzoo.export.onnx import INPUT_NAME
-
         batch = next(self._batches, None)
         return None if batch is None else {INPUT_NAME: batch}
 
@@ -68,13 +75,11 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from medzoo.export.onnx import META_PREFIX, _quiet, _set_props, read_metadata
-
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(
         calibration, meta, include_preprocessing
     )
     prepared = dst.with_name(dst.stem + ".prep.onnx")
-    with _quiet():
+    with quiet():
         # fuses and infers shapes first, as onnxruntime recommends before quantize_static
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         quantize_static(
@@ -101,7 +106,7 @@ def quantize_int8(
     model = onnx.load(str(dst))
     props = {META_PREFIX + k: v for k, v in read_metadata(src).items()}
     props[META_PREFIX + "precision"] = "int8"
-    _set_props(model, props)
+    set_props(model, props)
     onnx.save(model, str(dst))
 
 
@@ -120,10 +125,12 @@ def int8_agreement(
     the nearest class centroid of the fp32 train embeddings (a linear-probe stand-in); the mean
     cosine similarity of the embeddings is reported too.
     """
-    from medzoo.export.onnx import cpu_session, run_session
-
-    fp32 = run_session(cpu_session(fp32_path), _feed(test_images, meta, include_preprocessing))
-    int8 = run_session(cpu_session(int8_path), _feed(test_images, meta, include_preprocessing))
+    fp32 = run_session(
+        cpu_session(fp32_path), model_input(test_images, meta, include_preprocessing)
+    )
+    int8 = run_session(
+        cpu_session(int8_path), model_input(test_images, meta, include_preprocessing)
+    )
     cosine = np.sum(fp32 * int8, 1) / (
         np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1) + 1e-12
     )
@@ -133,7 +140,7 @@ def int8_agreement(
     else:
         assert train_images is not None and train_labels is not None
         train = run_session(
-            cpu_session(fp32_path), _feed(train_images, meta, include_preprocessing)
+            cpu_session(fp32_path), model_input(train_images, meta, include_preprocessing)
         )
         classes = np.unique(train_labels)
         centroids = np.stack([train[train_labels == c].mean(0) for c in classes])

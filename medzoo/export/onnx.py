@@ -1,4 +1,4 @@
-"""ONNX export of zoo models: the export itself, its embedded metadata, fp16, and sessions.
+"""ONNX export of zoo models: the export itself, its embedded metadata and fp16.
 
 Every export is verified before it is kept: the graph passes ``onnx.checker`` (full check), runs
 in onnxruntime with batches of 1 and 7 although it was traced with a batch of 2 (the batch
@@ -6,8 +6,9 @@ dimension really is dynamic), and gives the same outputs as the torch model on r
 when the entry's datasets are available, on real test images (:mod:`medzoo.export.parity`).
 Anything that fails raises a :class:`MedzooError` and leaves nothing behind: the files are built
 in a temporary folder beside the output folder and only moved in once every check has passed.
-int8 quantisation and its agreement check live in :mod:`medzoo.export.int8`; their public names
-stay importable from here.
+int8 quantisation and its agreement check live in :mod:`medzoo.export.int8`; file names,
+metadata reading, input normalisation and onnxruntime sessions in :mod:`medzoo.export.runtime`
+(their public names stay importable from here).
 
 Exporter: ``torch.onnx.export(dynamo=True)``, the torch.export-based exporter. It is the default
 and the maintained path in torch >= 2.9 (the TorchScript exporter is deprecated and warns), its
@@ -27,13 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,31 @@ from medzoo.export.int8 import INT8_OPS as INT8_OPS
 from medzoo.export.int8 import int8_agreement, quantize_int8
 from medzoo.export.parity import FP16_TOLERANCE as FP16_TOLERANCE
 from medzoo.export.parity import FP32_TOLERANCE as FP32_TOLERANCE
-from medzoo.export.parity import ParityInputs, _feed, check_parity, random_images
+from medzoo.export.parity import ParityInputs, check_parity, random_images
 from medzoo.export.parity import compare as compare
 from medzoo.export.parity import run_torch as run_torch
+from medzoo.export.runtime import (
+    FP16_FILE,
+    INPUT_NAME,
+    INT8_FILE,
+    META_PREFIX,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    REPORT_FILE,
+    model_input,
+    quiet,
+    read_metadata,
+    set_props,
+)
+from medzoo.export.runtime import (
+    cpu_session as cpu_session,
+)
+from medzoo.export.runtime import (
+    normalize as normalize,
+)
+from medzoo.export.runtime import (
+    run_session as run_session,
+)
 
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
@@ -57,14 +78,6 @@ EXAMPLE_BATCH = 2  # traced with 2 so that no dimension is specialised to 1
 CHECK_BATCHES = (1, 7)  # neither is the traced batch: proves the batch axis is dynamic
 PARITY_REAL_IMAGES = 64  # real test images compared in every export (more adds time, not evidence)
 CALIBRATION_IMAGES = 256
-
-MODEL_FILE = "model.onnx"
-FP16_FILE = "model_fp16.onnx"
-INT8_FILE = "model_int8.onnx"
-REPORT_FILE = "export.json"
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
-META_PREFIX = "medzoo."
 
 
 @dataclass(frozen=True)
@@ -147,44 +160,7 @@ def model_props(
     return {META_PREFIX + key: value for key, value in props.items()}
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``medzoo.*`` metadata of an exported file, without the prefix."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # truncated or foreign file: protobuf's DecodeError, OSError
-        raise MedzooError(
-            f"{path} is not a readable ONNX file ({type(err).__name__}): re-export it with "
-            "`medzoo export NAME`"
-        ) from None
-    return {
-        p.key[len(META_PREFIX) :]: p.value
-        for p in model.metadata_props
-        if p.key.startswith(META_PREFIX)
-    }
-
-
-def _set_props(model: Any, props: Mapping[str, str]) -> Any:
-    """Write ``props`` into ``model.metadata_props`` (a seam the parity tests break on purpose)."""
-    import onnx
-
-    onnx.helper.set_model_props(model, dict(props))
-    model.doc_string = f"medzoo export of {props.get(META_PREFIX + 'name', '?')}"
-    return model
-
-
 # --------------------------------------------------------------------------- torch side
-
-
-def normalize(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
-    """uint8 ``[N, C, H, W]`` -> float32 ``(x / 255 - mean) / std`` (what the zoo models expect)."""
-    import torch
-
-    x = torch.as_tensor(images).float().div(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x - m) / s
 
 
 def _with_preprocessing(model: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
@@ -204,29 +180,12 @@ def _with_preprocessing(model: Any, mean: Sequence[float], std: Sequence[float])
     return Preprocessed().eval()
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The exporter and onnxruntime talk on stdout and warn; an export should print nothing."""
-    import logging
-
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    # onnxruntime.quantization logs its advice through the root logger
-    root_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root_logger.setLevel(level)
-
-
 def _torch_export(module: Any, example: Any, path: Path, opset: int) -> None:
     import torch
 
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 module,
                 (example,),
@@ -245,36 +204,6 @@ def _torch_export(module: Any, example: Any, path: Path, opset: int) -> None:
         raise MedzooError(f"torch.onnx.export failed: {first}; try --opset {MIN_OPSET}") from err
 
 
-# --------------------------------------------------------------------------- onnxruntime side
-
-
-def cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An onnxruntime CPU session (quiet: warnings only at error level)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:
-        first = str(err).strip().splitlines()[0]
-        raise MedzooError(
-            f"onnxruntime {ort.__version__} cannot load {Path(path).name}: {first}"
-        ) from err
-
-
-def run_session(session: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    outs = [
-        session.run(None, {name: inputs[i : i + batch_size]})[0]
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(outs).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- fp16
 
 
@@ -283,12 +212,12 @@ def convert_fp16(src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet():
+    with quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     _toposort(model.graph)  # the converter appends its input Casts at the end of the node list
     props = {p.key: p.value for p in model.metadata_props}
     props[META_PREFIX + "precision"] = "fp16"
-    _set_props(model, props)
+    set_props(model, props)
     onnx.save(model, str(dst))
 
 
@@ -373,10 +302,10 @@ def export_module(
     try:
         path = tmp / MODEL_FILE
         _torch_export(
-            module, torch.from_numpy(_feed(example, meta, include_preprocessing)), path, opset
+            module, torch.from_numpy(model_input(example, meta, include_preprocessing)), path, opset
         )
         proto = onnx.load(str(path))
-        _set_props(
+        set_props(
             proto, model_props(meta, precision="fp32", include_preprocessing=include_preprocessing)
         )
         onnx.save(proto, str(path))

@@ -4,8 +4,7 @@
 onnxruntime CPU session of the exported file, and raises :class:`MedzooError` when they disagree
 beyond the tolerance of the precision (or, in fp32, when a classifier's top-1 differs on any
 image). :func:`~medzoo.export.onnx.export_module` calls it for every precision it writes; the
-session helpers it uses live in :mod:`medzoo.export.onnx` and are imported when called (that
-module imports this one).
+session helpers come from :mod:`medzoo.export.runtime`.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from medzoo.errors import MedzooError
+from medzoo.export.runtime import cpu_session, model_input, run_session
 
 FP32_TOLERANCE = 1e-4  # max |torch - ort| / max |torch|
 FP16_TOLERANCE = 1e-2
@@ -61,14 +61,6 @@ def random_images(input_size: Sequence[int], count: int, seed: int = 0) -> np.nd
     return np.random.default_rng(seed).integers(0, 256, size=(count, c, h, w), dtype=np.uint8)
 
 
-def _feed(images: np.ndarray, meta: Mapping[str, Any], include_preprocessing: bool) -> np.ndarray:
-    from medzoo.export.onnx import normalize
-
-    if include_preprocessing:
-        return np.ascontiguousarray(images)
-    return normalize(images, meta["mean"], meta["std"]).numpy()
-
-
 def check_parity(
     module: Any,
     path: Path,
@@ -84,8 +76,6 @@ def check_parity(
     the real ones in batches of 32. Raises :class:`MedzooError` when the relative error exceeds
     the tolerance of ``precision`` or (fp32) when a classifier's top-1 differs on any image.
     """
-    from medzoo.export.onnx import cpu_session, run_session
-
     session = cpu_session(path)
     classifier = bool(meta["num_classes"])
     batches = [inputs.random[:1], inputs.random[1 : 1 + 7]]
@@ -93,7 +83,7 @@ def check_parity(
         batches.append(inputs.real)
     reference, candidate = [], []
     for images in batches:
-        feed = _feed(images, meta, include_preprocessing)
+        feed = model_input(images, meta, include_preprocessing)
         ort_out = run_session(session, feed, batch_size=max(len(feed), 1) if len(feed) <= 7 else 32)
         if ort_out.shape[0] != len(feed):
             raise MedzooError(

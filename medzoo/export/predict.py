@@ -69,14 +69,8 @@ def read_image(
 
 
 def _onnx_outputs(name: str, entry: Any, images: np.ndarray, export_dir: Path) -> np.ndarray:
-    from medzoo.export.onnx import (
-        MODEL_FILE,
-        cpu_session,
-        export_model,
-        normalize,
-        read_metadata,
-        run_session,
-    )
+    from medzoo.export.onnx import export_model
+    from medzoo.export.runtime import MODEL_FILE, cpu_session, normalize, read_metadata, run_session
 
     path = export_dir / MODEL_FILE
     if not path.is_file():
@@ -97,7 +91,7 @@ def _onnx_outputs(name: str, entry: Any, images: np.ndarray, export_dir: Path) -
 def _torch_outputs(name: str, entry: Any, images: np.ndarray) -> np.ndarray:
     import torch
 
-    from medzoo.export.onnx import normalize
+    from medzoo.export.runtime import normalize
     from medzoo.zoo.index import load
 
     model = load(name)

@@ -1,0 +1,126 @@
+"""What every consumer of an exported model shares: file names, metadata, sessions, inputs.
+
+The ONNX export (:mod:`medzoo.export.onnx`), its checks (:mod:`~medzoo.export.parity`,
+:mod:`~medzoo.export.int8`), the benchmark and ``medzoo predict`` all read and run exported files
+through these helpers; this module imports none of them, so the export package has no circles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medzoo.errors import MedzooError
+
+MODEL_FILE = "model.onnx"
+FP16_FILE = "model_fp16.onnx"
+INT8_FILE = "model_int8.onnx"
+REPORT_FILE = "export.json"
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+META_PREFIX = "medzoo."
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``medzoo.*`` metadata of an exported file, without the prefix."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # truncated or foreign file: protobuf's DecodeError, OSError
+        raise MedzooError(
+            f"{path} is not a readable ONNX file ({type(err).__name__}): re-export it with "
+            "`medzoo export NAME`"
+        ) from None
+    return {
+        p.key[len(META_PREFIX) :]: p.value
+        for p in model.metadata_props
+        if p.key.startswith(META_PREFIX)
+    }
+
+
+def set_props(model: Any, props: Mapping[str, str]) -> Any:
+    """Write ``props`` into ``model.metadata_props`` (a seam the parity tests break on purpose)."""
+    import onnx
+
+    onnx.helper.set_model_props(model, dict(props))
+    model.doc_string = f"medzoo export of {props.get(META_PREFIX + 'name', '?')}"
+    return model
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def normalize(images: Any, mean: Sequence[float], std: Sequence[float]) -> Any:
+    """uint8 ``[N, C, H, W]`` -> float32 ``(x / 255 - mean) / std`` (what the zoo models expect)."""
+    import torch
+
+    x = torch.as_tensor(images).float().div(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def model_input(
+    images: np.ndarray, meta: Mapping[str, Any], include_preprocessing: bool
+) -> np.ndarray:
+    if include_preprocessing:
+        return np.ascontiguousarray(images)
+    return normalize(images, meta["mean"], meta["std"]).numpy()
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter and onnxruntime talk on stdout and warn; an export should print nothing."""
+    import logging
+
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    # onnxruntime.quantization logs its advice through the root logger
+    root_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root_logger.setLevel(level)
+
+
+def cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An onnxruntime CPU session (quiet: warnings only at error level)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        first = str(err).strip().splitlines()[0]
+        raise MedzooError(
+            f"onnxruntime {ort.__version__} cannot load {Path(path).name}: {first}"
+        ) from err
+
+
+def run_session(session: Any, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    outs = [
+        session.run(None, {name: inputs[i : i + batch_size]})[0]
+        for i in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outs).astype(np.float32)
