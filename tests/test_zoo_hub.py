@@ -10,7 +10,7 @@ import torch
 
 import medzoo
 from medzoo.errors import MedzooError
-from medzoo.zoo import hub, index
+from medzoo.zoo import card, hub, index, registry
 from medzoo.zoo.entry import ZooEntry
 
 METRICS = {
@@ -119,11 +119,12 @@ def test_fine_tuned_card_names_its_base_model() -> None:
         base_model="bt-crc-r18",
         task="tissue class",
     )
-    card = hub.model_card(entry)
-    assert card.data.base_model == "lab/bt-crc-r18"
-    assert card.data.pipeline_tag == "image-classification"
+    assert registry.base_model_hub_id(entry) == "lab/bt-crc-r18"
+    made = card.model_card(entry, base_model=registry.base_model_hub_id(entry))
+    assert made.data.base_model == "lab/bt-crc-r18"
+    assert made.data.pipeline_tag == "image-classification"
     imagenet_child = entry.replace(base_model="in1k-r18")
-    assert hub.model_card(imagenet_child).data.base_model == "timm/resnet18.tv_in1k"
+    assert registry.base_model_hub_id(imagenet_child) == "timm/resnet18.tv_in1k"
 
 
 def test_save_for_hub_refusals(crc_entry, tmp_path) -> None:

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _key_metrics(metrics: dict, limit: int = 2) -> str:
-    from medzoo.zoo.hub import METRIC_NAMES, flat_metrics
+    from medzoo.zoo.card import METRIC_NAMES, flat_metrics
 
     flat = [
         (k, v) for k, v in flat_metrics(metrics).items() if k.rsplit("/", 1)[-1] in METRIC_NAMES

@@ -248,3 +248,12 @@ def read_weights(path: Any, expected_sha256: str | None, *, what: str = "") -> d
             f"{str(err).splitlines()[0] if str(err) else 'unreadable'}); it may be truncated: "
             "re-create or re-download it"
         ) from None
+
+
+def num_features(arch: str) -> int:
+    """The pooled feature width of timm architecture ``arch`` (built on the meta device)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):  # no memory, no init: only the attribute is wanted
+        return int(timm.create_model(arch, pretrained=False, num_classes=0).num_features)

@@ -1,44 +1,56 @@
-"""The zoo index: the packaged catalog plus the local registry, and writing entries.
+"""The zoo index: writing entries (weights folder + registry), and the zoo's public names.
 
-Names resolve in this order: the local registry (``$MEDZOO_HOME/registry.json``, written by
-pre-training, evaluation and publishing), then the catalog packaged with medzoo
-(``medzoo/zoo/catalog.toml``); a registry entry replaces a catalog entry of the same name whole.
+:func:`save_entry` builds an entry folder (model.safetensors, config.json, the model card and
+extra files) and registers it; :func:`register`, :func:`update_entry` and :func:`update_metrics`
+change the registry. Registry writes are read-modify-write under a file lock and land with an
+atomic rename, so concurrent processes registering different names all succeed and a crash
+mid-write leaves the previous file intact. Weights live in ``$MEDZOO_HOME/models/NAME/``, a folder
+timm itself loads (``local-dir:``).
 
-Registry writes are read-modify-write under a file lock and land with an atomic rename, so
-concurrent processes registering different names all succeed and a crash mid-write leaves the
-previous file intact. Weights live in ``$MEDZOO_HOME/models/NAME/``, a folder timm itself loads
-(``local-dir:``). ``medzoo.load`` and ``weights_status`` live in :mod:`medzoo.zoo.loading` and
-stay importable from here.
+Reading names lives in :mod:`medzoo.zoo.registry`, ``medzoo.load`` and ``weights_status`` in
+:mod:`medzoo.zoo.loading`, the model card in :mod:`medzoo.zoo.card`; their public names stay
+importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from medzoo.config import medzoo_home
 from medzoo.errors import MedzooError
-from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
+from medzoo.provenance import atomic_write_text, provenance
+from medzoo.zoo.card import model_card_text
 from medzoo.zoo.entry import (
     CARD_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
     ZooEntry,
+    num_features,
     sha256_bytes,
     timm_config,
     validate_name,
 )
 from medzoo.zoo.loading import load, local_weights, weights_status
+from medzoo.zoo.registry import (
+    REGISTRY_FILE,
+    base_model_hub_id,
+    entry_folder,
+    list_models,
+    model_info,
+    read_registry,
+    registry_lock,
+    write_registry,
+)
 
 __all__ = [
+    "REGISTRY_FILE",
     "entry_folder",
     "list_models",
     "load",
@@ -53,97 +65,32 @@ __all__ = [
     "weights_status",
 ]
 
-REGISTRY_FILE = "registry.json"
 _RESERVED = {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE}  # save_entry writes these itself
-
-
-def entry_folder(name: str) -> Path:
-    """Where ``name``'s weights live (``$MEDZOO_HOME/models/NAME``); it may not exist yet."""
-    return medzoo_home() / "models" / validate_name(name)
-
-
-# --------------------------------------------------------------------------- catalog + registry
-
-
-@functools.lru_cache(maxsize=1)
-def _catalog() -> dict[str, ZooEntry]:
-    import importlib.resources
-
-    from medzoo.config import tomllib
-
-    text = importlib.resources.files("medzoo.zoo").joinpath("catalog.toml").read_text("utf-8")
-    tables = tomllib.loads(text).get("models", {})
-    return {name: ZooEntry.from_dict({"name": name, **table}) for name, table in tables.items()}
-
-
-def _registry_path() -> Path:
-    return medzoo_home() / REGISTRY_FILE
-
-
-def _read_registry() -> dict[str, dict[str, Any]]:
-    path = _registry_path()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        raise MedzooError(
-            f"the zoo registry {path} is unreadable ({type(err).__name__}); move it aside and "
-            "re-register your models (medzoo keeps their folders under models/)"
-        ) from None
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict):
-        raise MedzooError(f"the zoo registry {path} has no 'models' table; move it aside")
-    return models
-
-
-@contextlib.contextmanager
-def _registry_lock() -> Iterator[None]:
-    from filelock import FileLock
-
-    path = _registry_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock", timeout=120)
-    try:
-        lock.acquire()
-    except TimeoutError:  # filelock.Timeout subclasses it
-        raise MedzooError(
-            f"the zoo registry {path} stayed locked by another process for 2 minutes; "
-            "wait for it to finish and try again"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _write_registry(models: Mapping[str, dict[str, Any]]) -> None:
-    atomic_write_json(_registry_path(), {"format": 1, "models": dict(sorted(models.items()))})
 
 
 def register(entry: ZooEntry) -> ZooEntry:
     """Add or replace ``entry`` in the local registry (atomic, safe across processes)."""
-    with _registry_lock():
+    with registry_lock():
         _register_locked(entry)
     return entry
 
 
 def _register_locked(entry: ZooEntry) -> None:
-    models = _read_registry()
+    models = read_registry()
     models[entry.name] = entry.to_dict()
-    _write_registry(models)
+    write_registry(models)
 
 
 def update_entry(name: str, **changes: Any) -> ZooEntry:
     """Change fields of ``name`` in the registry and in its folder's config.json and card."""
-    with _registry_lock():
-        models = _read_registry()
+    with registry_lock():
+        models = read_registry()
         current = ZooEntry.from_dict(models[name]) if name in models else model_info(name)
         if "metrics" in changes:  # evaluation adds to what earlier evaluations measured
             changes["metrics"] = _deep_merge(current.metrics, changes["metrics"])
         entry = current.replace(**changes)
         models[name] = entry.to_dict()
-        _write_registry(models)
+        write_registry(models)
         _refresh_folder(entry)  # inside the lock: two updaters never interleave their files
     return entry
 
@@ -170,33 +117,7 @@ def update_metrics(name: str, metrics: Mapping[str, Any]) -> ZooEntry:
     return update_entry(name, metrics=dict(metrics))
 
 
-def list_models() -> list[str]:
-    """Names of every model in the packaged catalog and the local registry, sorted."""
-    return sorted(set(_catalog()) | set(_read_registry()))
-
-
-def model_info(name: str) -> ZooEntry:
-    """The :class:`ZooEntry` for ``name`` (registry first, then catalog)."""
-    validate_name(name)
-    registry = _read_registry()
-    if name in registry:
-        return ZooEntry.from_dict(registry[name])
-    if name in _catalog():
-        return _catalog()[name]
-    raise MedzooError(
-        f"unknown zoo model {name!r}; known models: {', '.join(list_models())} (see medzoo list)"
-    )
-
-
 # --------------------------------------------------------------------------- writing entries
-
-
-def _num_features(arch: str) -> int:
-    import timm
-    import torch
-
-    with torch.device("meta"):  # no memory, no init: only the attribute is wanted
-        return int(timm.create_model(arch, pretrained=False, num_classes=0).num_features)
 
 
 def _check_state(entry: ZooEntry, tensors: Mapping[str, Any]) -> int:
@@ -222,11 +143,11 @@ def _check_state(entry: ZooEntry, tensors: Mapping[str, Any]) -> int:
 
 
 def _write_folder_files(folder: Path, entry: ZooEntry, num_features: int) -> None:
-    from medzoo.zoo.hub import model_card_text
-
     config = timm_config(entry, num_features)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
-    (folder / CARD_FILE).write_text(model_card_text(entry, folder=folder), "utf-8")
+    (folder / CARD_FILE).write_text(
+        model_card_text(entry, folder=folder, base_model=base_model_hub_id(entry)), "utf-8"
+    )
     for path in folder.iterdir():  # on disk before the rename makes them visible
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
@@ -236,11 +157,12 @@ def _refresh_folder(entry: ZooEntry) -> None:
     folder = entry_folder(entry.name)
     if not (folder / CONFIG_FILE).is_file():
         return
-    config = timm_config(entry, _num_features(entry.arch))
+    config = timm_config(entry, num_features(entry.arch))
     atomic_write_text(folder / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-    from medzoo.zoo.hub import model_card_text
-
-    atomic_write_text(folder / CARD_FILE, model_card_text(entry, folder=folder))
+    atomic_write_text(
+        folder / CARD_FILE,
+        model_card_text(entry, folder=folder, base_model=base_model_hub_id(entry)),
+    )
 
 
 def save_entry(
@@ -290,7 +212,7 @@ def save_entry(
             else:
                 (tmp / file_name).write_text(content, "utf-8")
         _write_folder_files(tmp, entry, num_features)
-        with _registry_lock():  # folder and registry change together for other writers
+        with registry_lock():  # folder and registry change together for other writers
             _swap_in(tmp, folder)
             _register_locked(entry)
     finally:

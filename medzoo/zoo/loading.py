@@ -1,13 +1,13 @@
 """Loading zoo models: ``medzoo.load``, where the weights come from, and their checks.
 
-A zoo name resolves through the registry (:mod:`medzoo.zoo.index`) to a :class:`ZooEntry`; its
+A zoo name resolves through the registry (:mod:`medzoo.zoo.registry`) to a :class:`ZooEntry`; its
 weights come from the local entry folder, else the Hugging Face Hub (``hub_repo_id``), else timm's
 own pretrained weights (``timm_name``), else a seeded random init (``method = "random"``). The
 sha256 of local and Hub weights is checked before any byte is parsed, and only safetensors are
 read. ``hf-hub:`` / ``local-dir:`` names go to timm after the same checks. An unreachable Hub is
 detected before a download, so an offline machine gets a one-line error at once.
 
-The registry functions are imported when called (:mod:`medzoo.zoo.index` re-exports ``load``).
+Names resolve through :mod:`medzoo.zoo.registry`; :mod:`medzoo.zoo.index` re-exports ``load``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from typing import Any
 
 from medzoo.errors import MedzooError
 from medzoo.zoo.entry import CONFIG_FILE, WEIGHTS_FILE, ZooEntry, read_weights, refuse_pickles
+from medzoo.zoo.registry import entry_folder, model_info
 
 
 def weights_status(entry: ZooEntry) -> str:
     """Where ``load`` would get the weights: local, hub, timm, random init, or the make target."""
-    from medzoo.zoo.index import entry_folder
-
     if (entry_folder(entry.name) / WEIGHTS_FILE).is_file():
         return "local"
     if entry.hub_repo_id:
@@ -62,8 +61,6 @@ def load(
     the entry's puts a new randomly initialised head on top; ``in_chans`` different from the
     entry's adapts conv1 the way timm does (summing RGB filters for one channel).
     """
-    from medzoo.zoo.index import model_info
-
     if name.startswith(("hf-hub:", "local-dir:")):
         model = _load_timm_source(name, num_classes, pretrained, in_chans)
     else:
@@ -75,8 +72,6 @@ def load(
 
 def local_weights(entry: ZooEntry) -> dict[str, Any] | None:
     """The entry's local state dict (sha256 checked), or None when it has no local folder."""
-    from medzoo.zoo.index import entry_folder
-
     folder = entry_folder(entry.name)
     if not folder.is_dir():
         return None
