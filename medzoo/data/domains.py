@@ -13,10 +13,10 @@ from pathlib import Path
 from medzoo.data.mimeta import (
     KNOWN_DATASETS,
     SplitData,
-    _check_root,
-    _plan,
+    check_root,
     list_datasets,
     load_plans,
+    plan_read,
 )
 from medzoo.errors import MedzooError
 
@@ -70,7 +70,7 @@ def load_domain(
     All datasets are checked (metadata, labels, split files) before any image is read; the
     memory budget applies to the whole domain.
     """
-    root_path = _check_root(root)
+    root_path = check_root(root)
     ids = resolve_domain(name, root_path)
     missing = [d for d in ids if not (root_path / d / "info.yaml").is_file()]
     if missing:
@@ -79,7 +79,7 @@ def load_domain(
             f"domain '{name}' needs {', '.join(missing)}, not found in {root_path} (datasets "
             f"there: {there}); fetch with `medzoo data fetch {' '.join(missing)} --root {root_path}`"
         )
-    plans = [_plan(root_path, dataset_id, splits, task) for dataset_id in ids]
+    plans = [plan_read(root_path, dataset_id, splits, task) for dataset_id in ids]
     return load_plans(
         plans, image_size=image_size, memory_budget_gb=memory_budget_gb, cache=cache,
         progress=progress,

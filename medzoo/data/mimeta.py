@@ -144,7 +144,7 @@ class SplitData:
 # ------------------------------------------------------------------------------- metadata
 
 
-def _check_root(root: str | os.PathLike[str]) -> Path:
+def check_root(root: str | os.PathLike[str]) -> Path:
     root = Path(root)
     if not root.is_dir():
         raise MedzooError(
@@ -157,13 +157,13 @@ def _check_root(root: str | os.PathLike[str]) -> Path:
 
 def list_datasets(root: str | os.PathLike[str]) -> list[str]:
     """Ids of the datasets under ``root`` (folders holding an ``info.yaml``), sorted."""
-    root = _check_root(root)
+    root = check_root(root)
     return sorted(p.name for p in root.iterdir() if (p / "info.yaml").is_file())
 
 
 def dataset_dir(root: str | os.PathLike[str], dataset_id: str) -> Path:
     """The folder of ``dataset_id``; a MedzooError listing what exists when it is absent."""
-    root = _check_root(root)
+    root = check_root(root)
     folder = root / dataset_id
     if not (folder / "info.yaml").is_file():
         available = list_datasets(root)
@@ -297,7 +297,7 @@ def read_labels(root: str | os.PathLike[str], dataset_id: str, task: str) -> np.
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class ReadPlan:
     """Everything checked about one dataset's split before a byte of image data is read."""
 
     dataset_id: str
@@ -312,7 +312,9 @@ class _Plan:
     width: int
 
 
-def _plan(root: Path, dataset_id: str, splits: str | Sequence[str], task: str | None) -> _Plan:
+def plan_read(
+    root: Path, dataset_id: str, splits: str | Sequence[str], task: str | None
+) -> ReadPlan:
     import h5py
 
     info = read_info(root, dataset_id)
@@ -364,13 +366,13 @@ def _plan(root: Path, dataset_id: str, splits: str | Sequence[str], task: str | 
             f"'{entry['task_name']}'; re-download {dataset_id}"
         )
     stored = 1 if len(shape) == 3 else shape[3]
-    return _Plan(
+    return ReadPlan(
         dataset_id, hdf5, rows, labels, names, entry["task_name"], int(info["input_size"][0]),
         stored, shape[1], shape[2],
     )  # fmt: skip
 
 
-def _convert_channels(block: np.ndarray, plan: _Plan) -> np.ndarray:
+def _convert_channels(block: np.ndarray, plan: ReadPlan) -> np.ndarray:
     """``[b, H, W(, c)]`` as stored -> ``[b, H, W, C]`` with the channels info.yaml declares."""
     if block.ndim == 3:
         block = block[..., None]
@@ -412,7 +414,9 @@ def _read_into(dataset: Any, rows: np.ndarray, dest: np.ndarray) -> None:
         )
 
 
-def _fill(plan: _Plan, out: np.ndarray, offset: int, image_size: int | None, progress: Any) -> None:
+def _fill(
+    plan: ReadPlan, out: np.ndarray, offset: int, image_size: int | None, progress: Any
+) -> None:
     """Read ``plan``'s rows into ``out[offset:offset + n]`` (``[N, H, W, C]``) in ~64 MiB chunks."""
     import h5py
 
@@ -449,7 +453,7 @@ def cache_dir() -> Path:
     return medzoo_home() / "cache" / "data"
 
 
-def _cache_key(plans: Sequence[_Plan], shape: tuple[int, ...]) -> str:
+def _cache_key(plans: Sequence[ReadPlan], shape: tuple[int, ...]) -> str:
     """A name that changes whenever the source files, the rows or the output shape change."""
     digest = hashlib.sha256(repr(shape).encode())
     for plan in plans:
@@ -461,7 +465,7 @@ def _cache_key(plans: Sequence[_Plan], shape: tuple[int, ...]) -> str:
 
 
 def load_plans(
-    plans: Sequence[_Plan],
+    plans: Sequence[ReadPlan],
     *,
     image_size: int | None,
     memory_budget_gb: float,
@@ -510,7 +514,7 @@ def load_plans(
 
 
 def _fill_all(
-    plans: Sequence[_Plan],
+    plans: Sequence[ReadPlan],
     out: np.ndarray,
     image_size: int | None,
     progress: bool | None,
@@ -534,7 +538,7 @@ def _fill_all(
 
 
 def _memmap(
-    plans: Sequence[_Plan],
+    plans: Sequence[ReadPlan],
     shape: tuple[int, ...],
     cache: str | os.PathLike[str] | None,
     image_size: int | None,
@@ -579,7 +583,7 @@ def load_split(
         cache: folder for memory maps (default ``$MEDZOO_HOME/cache/data``).
         progress: a tqdm bar (None: only for reads above ~1 GB on a terminal).
     """
-    plan = _plan(_check_root(root), dataset_id, split, task)
+    plan = plan_read(check_root(root), dataset_id, split, task)
     return load_plans(
         [plan], image_size=image_size, memory_budget_gb=memory_budget_gb, cache=cache,
         progress=progress,
