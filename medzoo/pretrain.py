@@ -35,9 +35,9 @@ from medzoo.data.batches import (
 from medzoo.errors import MedzooError
 from medzoo.provenance import atomic_path, atomic_write_json, atomic_write_text, provenance
 from medzoo.runtime import Runtime, make_runtime
+from medzoo.trainlog import LOG, NonFiniteGuard, TrainLog, truncate_log
 
 CHECKPOINT = "checkpoint.pt"
-LOG = "train_log.jsonl"
 
 
 # --------------------------------------------------------------------------- model and optimiser
@@ -131,18 +131,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the loop
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
-    if not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
@@ -192,168 +180,213 @@ def pretrain(
 def _train(
     cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool
 ) -> dict:
-    from medzoo import losses
-    from medzoo.data.augment import TwoViewAugment, resolve_augment
+    return Trainer(cfg, cfg_dict, runtime, images, run_dir).fit(resume=resume, progress=progress)
 
-    training = cfg.training
-    torch.manual_seed(training.seed)
-    source = BatchSource(
-        images, training.batch_size, training.seed, runtime.rank, runtime.world_size
-    )
-    total_steps = training.epochs * source.steps_per_epoch
-    if training.max_steps is not None:
-        total_steps = min(total_steps, training.max_steps)
-    warmup_steps = round(cfg.optim.warmup_epochs * source.steps_per_epoch)
 
-    model = build_model(cfg).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(
-            s, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio
-        ),
-    )
-    scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
-    step = 0
-    if resume and (run_dir / CHECKPOINT).exists():
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
-        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(cfg_dict, sort_keys=True)):
+class Trainer:
+    """Barlow Twins pre-training: :meth:`step` is the method; the rest is bookkeeping.
+
+    Set-up (:meth:`__init__`) builds the batches, model, optimiser and schedule; :meth:`restore`
+    or :meth:`start_run_dir` resumes or opens the run folder; :meth:`fit` drives the steps with
+    logging (:class:`medzoo.trainlog.TrainLog`), the non-finite-loss policy
+    (:class:`medzoo.trainlog.NonFiniteGuard`) and checkpoints.
+    """
+
+    def __init__(
+        self, cfg: PretrainConfig, cfg_dict: dict, runtime: Runtime, images, run_dir: Path
+    ) -> None:
+        from medzoo.data.augment import TwoViewAugment, resolve_augment
+
+        self.cfg, self.cfg_dict, self.runtime, self.run_dir = cfg, cfg_dict, runtime, run_dir
+        training = cfg.training
+        torch.manual_seed(training.seed)
+        self.source = BatchSource(
+            images, training.batch_size, training.seed, runtime.rank, runtime.world_size
+        )
+        self.total_steps = training.epochs * self.source.steps_per_epoch
+        if training.max_steps is not None:
+            self.total_steps = min(self.total_steps, training.max_steps)
+        warmup_steps = round(cfg.optim.warmup_epochs * self.source.steps_per_epoch)
+
+        self.model = build_model(cfg).to(runtime.device)
+        if runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(
+                s, self.total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio
+            ),
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
+        mean, std = default_mean_std(cfg.model.in_chans)
+        self.augment = TwoViewAugment(resolve_augment(cfg.augment), cfg.data.image_size, mean, std)
+        self.aug_generator = torch.Generator(device=runtime.device)
+        self.autocast = (
+            torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+            if runtime.amp_dtype
+            else nullcontext()
+        )
+        self.train_model: nn.Module = self.model  # wrapped by DDP / compile in fit()
+        self.guard = NonFiniteGuard(runtime.device)
+
+    # ----------------------------------------------------------------------- the method
+
+    def step(self, batch: torch.Tensor, step: int) -> torch.Tensor:
+        """One Barlow Twins step on a uint8 batch: two views, one loss, one optimiser update."""
+        from medzoo import losses
+
+        seed = self.cfg.training.seed
+        self.aug_generator.manual_seed((seed * 1_000_003 + step) * 1009 + self.runtime.rank)
+        view1, view2 = self.augment(batch, generator=self.aug_generator)
+        if self.runtime.channels_last:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            z1 = self.train_model(view1)
+            z2 = self.train_model(view2)
+        loss = losses.barlow_twins_loss(z1.float(), z2.float(), self.cfg.loss.lambda_offdiag)
+        # Recorded on the device (no host sync in the step); checked when the loss is read for
+        # the log and before every checkpoint, so a non-finite run is never saved.
+        self.guard.record(loss, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    # ----------------------------------------------------------------------- bookkeeping
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def restore(self) -> int:
+        """Load the run folder's checkpoint (same recipe only); returns the step to go on from."""
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(self.cfg_dict, sort_keys=True)):
             raise MedzooError(
-                f"{run_dir / CHECKPOINT} was made with another recipe: resume with the same recipe and --set values"
+                f"{self.checkpoint_path} was made with another recipe: resume with the same recipe and --set values"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng_cpu"])
         step = int(ckpt["step"])
-        if runtime.is_main:
-            _truncate_log(run_dir / LOG, step)
-    elif runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.toml", dump_toml(cfg_dict))
-        atomic_write_json(run_dir / "provenance.json", provenance())
-        (run_dir / LOG).unlink(missing_ok=True)
+        if self.runtime.is_main:
+            truncate_log(self.run_dir / LOG, step)
+        return step
 
-    train_model: nn.Module = model
-    if runtime.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    def start_run_dir(self) -> None:
+        """A fresh run folder: the resolved recipe, provenance, and an empty log."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "recipe.toml", dump_toml(self.cfg_dict))
+        atomic_write_json(self.run_dir / "provenance.json", provenance())
+        (self.run_dir / LOG).unlink(missing_ok=True)
 
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=ids)
-    if training.compile:
-        train_model = torch.compile(train_model)
+    def wrap(self) -> None:
+        """DDP across processes, then torch.compile, as the recipe says."""
+        if self.runtime.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-    mean, std = default_mean_std(cfg.model.in_chans)
-    augment = TwoViewAugment(resolve_augment(cfg.augment), cfg.data.image_size, mean, std)
-    aug_generator = torch.Generator(device=runtime.device)
-    pin = runtime.device.type == "cuda"
-    autocast = (
-        torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
-        if runtime.amp_dtype
-        else nullcontext()
-    )
+            device = self.runtime.device
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if self.cfg.training.compile:
+            self.train_model = torch.compile(self.train_model)
 
-    with contextlib.ExitStack() as stack:
-        bar = None
-        if progress and runtime.is_main:
-            from tqdm.auto import tqdm
+    def save(self, step: int) -> None:
+        save_checkpoint(
+            self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.scaler, step,
+            self.cfg_dict,
+        )  # fmt: skip
 
-            bar = stack.enter_context(
-                tqdm(
-                    total=total_steps,
-                    initial=step,
-                    desc=f"pretrain {cfg.name}",
-                    unit="step",
-                    dynamic_ncols=True,
-                )
-            )
-        log_handle = (
-            stack.enter_context(open(run_dir / LOG, "a", encoding="utf-8"))
-            if runtime.is_main
-            else None
+    def log(self, log: TrainLog, step: int, loss: torch.Tensor) -> float:
+        """Read the loss back (one host sync) and write a log line and the progress line."""
+        value = loss.item()
+        record = {
+            "step": step,
+            "epoch": round(step / self.source.steps_per_epoch, 3),
+            "loss": value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **log.throughput(),
+        }
+        log.write(record)
+        log.show(
+            loss=f"{value:.4g}",
+            sps=f"{record['samples_per_s']:.1f}",
+            wait=f"{100 * record['data_wait']:.0f}%",
         )
-        # One batch ahead on a worker thread: gathering rows and pinning overlap the GPU step.
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
-        stack.callback(lambda: pending is not None and pending.cancel())
-        pending = pool.submit(source.load, step, pin) if step < total_steps else None
-        window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
+        return value
+
+    def fit(self, *, resume: bool, progress: bool) -> dict[str, Any]:
+        """Run to ``total_steps`` from the last checkpoint (``resume``) or from scratch."""
+        runtime, training = self.runtime, self.cfg.training
+        step = 0
+        if resume and self.checkpoint_path.exists():
+            step = self.restore()
+        elif runtime.is_main:
+            self.start_run_dir()
+        self.wrap()
+        pin = runtime.device.type == "cuda"
         last_loss = float("nan")
-        first_bad = torch.full((), -1, dtype=torch.long, device=runtime.device)
-        bad_loss = torch.zeros((), device=runtime.device)
-        train_model.train()
-        while step < total_steps:
-            wait_start = time.perf_counter()
-            batch = pending.result()
-            pending = pool.submit(source.load, step + 1, pin) if step + 1 < total_steps else None
-            batch = batch.to(runtime.device, non_blocking=True)
-            window_wait += time.perf_counter() - wait_start
+        with contextlib.ExitStack() as stack:
+            log = TrainLog(
+                stack, self.run_dir / LOG if runtime.is_main else None,
+                total_steps=self.total_steps, step=step, desc=f"pretrain {self.cfg.name}",
+                progress=progress and runtime.is_main,
+            )  # fmt: skip
+            # One batch ahead on a worker thread: gathering rows and pinning overlap the GPU step.
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            ahead = _Prefetch(pool, self.source, pin, self.total_steps)
+            stack.callback(ahead.cancel)
+            ahead.submit(step)
+            self.train_model.train()
+            while step < self.total_steps:
+                wait_start = time.perf_counter()
+                batch = ahead.take(step).to(runtime.device, non_blocking=True)
+                log.waited(time.perf_counter() - wait_start)
+                loss = self.step(batch, step)
+                step += 1
+                log_now = step % training.log_every_steps == 0 or step == self.total_steps
+                save_now = step % training.checkpoint_every_steps == 0 or step == self.total_steps
+                if log_now or save_now:
+                    self.guard.check(self.checkpoint_path)
+                log.stepped(training.batch_size)
+                if log_now:
+                    last_loss = self.log(log, step, loss)
+                if runtime.is_main and save_now:
+                    self.save(step)
+        return {"model": _unwrap(self.model), "step": step, "loss": last_loss}
 
-            aug_generator.manual_seed((training.seed * 1_000_003 + step) * 1009 + runtime.rank)
-            view1, view2 = augment(batch, generator=aug_generator)
-            if runtime.channels_last:
-                view1 = view1.contiguous(memory_format=torch.channels_last)
-                view2 = view2.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                z1 = train_model(view1)
-                z2 = train_model(view2)
-            loss = losses.barlow_twins_loss(z1.float(), z2.float(), cfg.loss.lambda_offdiag)
-            # Recorded on the device (no host sync in the step); checked when the loss is read for
-            # the log and before every checkpoint, so a non-finite run is never saved.
-            newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
-            first_bad = torch.where(newly_bad, step, first_bad)
-            bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            window_samples += training.batch_size
 
-            log_now = step % training.log_every_steps == 0 or step == total_steps
-            save_now = step % training.checkpoint_every_steps == 0 or step == total_steps
-            if (log_now or save_now) and first_bad.item() >= 0:
-                raise MedzooError(
-                    f"loss became {bad_loss.item()} at step {first_bad.item()}; the last good "
-                    f"checkpoint is kept in {run_dir / CHECKPOINT}: lower optim.lr or use "
-                    "training.precision=fp32, then --resume"
-                )
-            if log_now:
-                last_loss = loss.item()
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {
-                    "step": step,
-                    "epoch": round(step / source.steps_per_epoch, 3),
-                    "loss": last_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "samples_per_s": window_samples / elapsed,
-                    "data_wait": window_wait / elapsed,
-                }
-                if log_handle is not None:
-                    log_handle.write(json.dumps(record) + "\n")
-                    log_handle.flush()
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{last_loss:.4g}",
-                        sps=f"{record['samples_per_s']:.1f}",
-                        wait=f"{100 * record['data_wait']:.0f}%",
-                    )
-                window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
-            if bar is not None:
-                bar.update(1)
-            if runtime.is_main and save_now:
-                save_checkpoint(
-                    run_dir / CHECKPOINT, model, optimizer, scheduler, scaler, step, cfg_dict
-                )
-    return {"model": _unwrap(model), "step": step, "loss": last_loss}
+class _Prefetch:
+    """The next batch, gathered (and pinned) on a worker thread while this one trains."""
+
+    def __init__(self, pool: ThreadPoolExecutor, source: BatchSource, pin: bool, total: int):
+        self.pool, self.source, self.pin, self.total = pool, source, pin, total
+        self.pending = None
+
+    def submit(self, step: int) -> None:
+        self.pending = (
+            self.pool.submit(self.source.load, step, self.pin) if step < self.total else None
+        )
+
+    def take(self, step: int) -> torch.Tensor:
+        batch = self.pending.result()
+        self.submit(step + 1)
+        return batch
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
 
 
 def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
