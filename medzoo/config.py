@@ -116,7 +116,9 @@ class TrainingConfig:
 class AugmentConfig:
     """A preset plus optional overrides; None means "what the preset says"."""
 
-    preset: str = "histology"  # histology | ct
+    preset: str = (
+        "auto"  # auto (from the datasets' modality) | histology | ct | dermatology | fundus
+    )
     crop_scale: tuple[float, float] | None = None
     hflip_prob: float | None = None
     vflip_prob: float | None = None
@@ -154,7 +156,9 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     choice(cfg.optim.name, ("adam", "lars", "sgd"), "optim.name")
     choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     choice(cfg.training.precision, ("auto", "bf16", "fp16", "fp32"), "training.precision")
-    choice(cfg.augment.preset, ("histology", "ct"), "augment.preset")
+    choice(
+        cfg.augment.preset, ("auto", "histology", "ct", "dermatology", "fundus"), "augment.preset"
+    )
     choice(cfg.model.init, ("random", "imagenet"), "model.init")
     if "test" in cfg.data.splits:
         raise MedzooError("data.splits contains 'test': pre-training never sees the test split")

@@ -140,6 +140,21 @@ def default_run_dir(cfg: PretrainConfig) -> Path:
     return Path("runs") / f"pretrain-{cfg.name}"
 
 
+def resolve_preset(
+    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None = None
+) -> PretrainConfig:
+    """``cfg`` with ``augment.preset = "auto"`` replaced by its domain's modality preset, so the
+    recorded recipe says what ran."""
+    if cfg.augment.preset != "auto":
+        return cfg
+    import dataclasses
+
+    from medzoo.data.domains import domain_preset
+
+    preset = domain_preset(cfg.data.domain, data_root or cfg.data.root)
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, preset=preset))
+
+
 def pretrain(
     cfg: PretrainConfig,
     *,
@@ -157,6 +172,7 @@ def pretrain(
     from medzoo.zoo.index import validate_name
 
     validate_name(cfg.name)
+    cfg = resolve_preset(cfg, data_root)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     cfg_dict = to_dict(cfg)
     checkpoint_path = run_dir / CHECKPOINT
@@ -168,6 +184,7 @@ def pretrain(
     if images is None:
         images = load_images_per_rank(cfg, data_root, runtime)
     state = _train(cfg, cfg_dict, runtime, images, run_dir, resume, progress)
+    state["datasets"] = _dataset_ids(cfg, data_root)
     if runtime.world_size > 1:
         import torch.distributed as dist
 
@@ -197,6 +214,7 @@ class Trainer:
     ) -> None:
         from medzoo.data.augment import TwoViewAugment, resolve_augment
 
+        cfg = resolve_preset(cfg)  # already resolved by pretrain(); benchmarks may pass "auto"
         self.cfg, self.cfg_dict, self.runtime, self.run_dir = cfg, cfg_dict, runtime, run_dir
         training = cfg.training
         torch.manual_seed(training.seed)
@@ -389,8 +407,14 @@ class _Prefetch:
             self.pending.cancel()
 
 
-def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
+def _dataset_ids(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    from medzoo.config import data_root as resolve_root
     from medzoo.data.domains import resolve_domain
+
+    return resolve_domain(cfg.data.domain, resolve_root(data_root or cfg.data.root))
+
+
+def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
     from medzoo.zoo.entry import ZooEntry
     from medzoo.zoo.index import save_entry
 
@@ -403,7 +427,7 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         arch=cfg.model.arch,
         method="barlow-twins",
         domain=cfg.data.domain,
-        datasets=tuple(resolve_domain(cfg.data.domain)),
+        datasets=tuple(state["datasets"]),
         in_chans=cfg.model.in_chans,
         input_size=(cfg.model.in_chans, size, size),
         mean=tuple(mean),

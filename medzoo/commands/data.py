@@ -34,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training images per class; val and test get a quarter and a half (default 50)",
     )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--domain", default=None, metavar="MODALITY",
+        help="for ids medzoo does not know (e.g. derm): the info.yaml domain, which picks the "
+        "augmentation preset (Dermatoscopy, 'Chest X-ray', Histopathology, Fundus, ...)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--classes", type=int, default=None, help="for unknown ids: number of classes (default 4)"
+    )
+    synth.add_argument(
+        "--channels", type=int, choices=(1, 3), default=None,
+        help="for unknown ids: 1 or 3 (default: 1 for radiology, else 3)",
+    )  # fmt: skip
     synth.set_defaults(func=_synth)
 
     fetch = sub.add_parser(
@@ -55,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser(
         "info",
         help="table of the datasets in a root",
-        description="Datasets, tasks, classes, split sizes, image size and channels.",
+        description="Datasets, tasks, classes, split sizes, image size, channels, modality "
+        "(info.yaml domain) and the augmentation preset pre-training gives it.",
     )
     info.add_argument("root", metavar="ROOT", help="MIMeta root")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -83,8 +96,9 @@ def _synth(args: argparse.Namespace) -> int:
     from medzoo.data.synth import write_synthetic
 
     paths = write_synthetic(
-        args.out, args.datasets, size=args.size, per_class=args.per_class, seed=args.seed
-    )
+        args.out, args.datasets, size=args.size, per_class=args.per_class, seed=args.seed,
+        classes=args.classes, channels=args.channels, domain=args.domain,
+    )  # fmt: skip
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -107,9 +121,15 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from medzoo.data.domains import domain_preset
     from medzoo.data.mimeta import describe
 
     rows = describe(args.root)
+    for row in rows:  # the augmentation preset pre-training would pick (augment.preset = "auto")
+        try:
+            row["preset"] = domain_preset(row["dataset"], args.root)
+        except MedzooError:
+            row["preset"] = "none: set augment.preset"
     if not rows:
         raise MedzooError(
             f"no datasets in {args.root}; run `medzoo data synth {args.root}` or "
@@ -119,6 +139,7 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     columns = ["dataset", "task", "classes", "train", "val", "test", "image_size", "channels"]
+    columns += ["modality", "preset"]
     print(format_table(rows, columns))
     return 0
 
