@@ -110,6 +110,17 @@ class TrainingConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # online representation monitor (medzoo.monitor): kNN accuracy on a val subset, effective rank
+    monitor_every_steps: int = 500  # 0: off; also measured at the start and the end
+    monitor_val_size: int = 1000  # stratified val subset measured (never test)
+    monitor_train_size: int = 2000  # stratified labelled train subset: the kNN neighbours
+    stop_on_collapse: bool = (
+        True  # stop when the effective rank stays low; keep the last good checkpoint
+    )
+    collapse_rank_fraction: float = (
+        0.02  # low = below this fraction of min(projector width, val size)
+    )
+    collapse_patience: int = 3  # consecutive low readings before stopping
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,18 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise MedzooError(f"{key} = {value} must be positive")
+    training = cfg.training
+    if (
+        training.monitor_every_steps < 0
+        or min(training.monitor_val_size, training.monitor_train_size) < 2
+    ):
+        raise MedzooError(
+            "training.monitor_every_steps must be >= 0 (0: off) and the monitor sizes at least 2"
+        )
+    if not 0 <= training.collapse_rank_fraction < 1 or training.collapse_patience < 1:
+        raise MedzooError(
+            "training.collapse_rank_fraction must lie in [0, 1) and collapse_patience be >= 1"
+        )
     if cfg.training.batch_size < 2:
         raise MedzooError(
             "training.batch_size must be at least 2 (Barlow Twins normalises over the batch)"

@@ -33,6 +33,7 @@ from medzoo.data.batches import (
     synthetic_images,
 )
 from medzoo.errors import MedzooError
+from medzoo.monitor import CollapseWatch
 from medzoo.provenance import atomic_path, atomic_write_json, atomic_write_text, provenance
 from medzoo.runtime import Runtime, make_runtime
 from medzoo.trainlog import LOG, NonFiniteGuard, TrainLog, truncate_log
@@ -181,9 +182,14 @@ def pretrain(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
     runtime = make_runtime(cfg)
+    monitor_data = None
     if images is None:
         images = load_images_per_rank(cfg, data_root, runtime)
-    state = _train(cfg, cfg_dict, runtime, images, run_dir, resume, progress)
+        if runtime.is_main:
+            monitor_data = _monitor_data(cfg, data_root)
+    state = _train(
+        cfg, cfg_dict, runtime, images, run_dir, resume, progress, monitor_data=monitor_data
+    )
     state["datasets"] = _dataset_ids(cfg, data_root)
     if runtime.world_size > 1:
         import torch.distributed as dist
@@ -194,10 +200,34 @@ def pretrain(
     return _register(cfg, cfg_dict, state, run_dir)
 
 
+def _monitor_data(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None):
+    """The monitor's fixed val/train subsets, or None (off, or nothing labelled to measure)."""
+    import logging
+
+    from medzoo.config import data_root as resolve_root
+    from medzoo.monitor import load_monitor_data
+
+    training = cfg.training
+    if training.monitor_every_steps == 0:
+        return None
+    found = load_monitor_data(
+        resolve_root(data_root or cfg.data.root), _dataset_ids(cfg, data_root),
+        image_size=cfg.data.image_size, channels=cfg.data.channels,
+        val_size=training.monitor_val_size, train_size=training.monitor_train_size,
+        seed=training.seed,
+    )  # fmt: skip
+    if isinstance(found, str):
+        logging.getLogger("medzoo").warning("representation monitor off: %s", found)
+        return None
+    return found
+
+
 def _train(
-    cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool
-) -> dict:
-    return Trainer(cfg, cfg_dict, runtime, images, run_dir).fit(resume=resume, progress=progress)
+    cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool,
+    monitor_data=None,
+) -> dict:  # fmt: skip
+    trainer = Trainer(cfg, cfg_dict, runtime, images, run_dir, monitor_data=monitor_data)
+    return trainer.fit(resume=resume, progress=progress)
 
 
 class Trainer:
@@ -210,8 +240,9 @@ class Trainer:
     """
 
     def __init__(
-        self, cfg: PretrainConfig, cfg_dict: dict, runtime: Runtime, images, run_dir: Path
-    ) -> None:
+        self, cfg: PretrainConfig, cfg_dict: dict, runtime: Runtime, images, run_dir: Path,
+        monitor_data=None,
+    ) -> None:  # fmt: skip
         from medzoo.data.augment import TwoViewAugment, resolve_augment
 
         cfg = resolve_preset(cfg)  # already resolved by pretrain(); benchmarks may pass "auto"
@@ -247,6 +278,17 @@ class Trainer:
         )
         self.train_model: nn.Module = self.model  # wrapped by DDP / compile in fit()
         self.guard = NonFiniteGuard(runtime.device)
+        self.monitor = None  # rank 0 measures (medzoo.monitor); the others wait at the next step
+        if monitor_data is not None:
+            from medzoo.monitor import Monitor
+
+            self.monitor = Monitor(monitor_data, self.augment, mean, std, runtime.device)
+        width = min(
+            cfg.model.projector_dims[-1], len(monitor_data.val_labels) if monitor_data else 1
+        )
+        self.collapse = CollapseWatch(
+            training.collapse_rank_fraction * width, training.collapse_patience
+        )
 
     # ----------------------------------------------------------------------- the method
 
@@ -321,10 +363,47 @@ class Trainer:
             self.train_model = torch.compile(self.train_model)
 
     def save(self, step: int) -> None:
+        """Checkpoint (and plot the monitor), unless the representation looks collapsed: then
+        the last good checkpoint stays."""
+        if self.collapse.suspect:
+            return
         save_checkpoint(
             self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.scaler, step,
             self.cfg_dict,
         )  # fmt: skip
+        if self.monitor is not None:
+            from medzoo.monitor import plot_monitor
+
+            plot_monitor(self.run_dir / LOG, self.run_dir / "monitor.png")
+
+    def observe(self, log: TrainLog, step: int) -> dict[str, float]:
+        """Measure the representation (rank 0), log it, and stop the run if it collapsed."""
+        reading: dict[str, float] = {}
+        if self.monitor is not None:
+            reading = self.monitor.measure(self.model)
+            self.collapse.update(step, reading["effective_rank"])
+            epoch = round(step / self.source.steps_per_epoch, 3)
+            log.write({"step": step, "epoch": epoch, **reading})
+            log.show(
+                knn=f"{100 * reading['knn_acc']:.1f}%", erank=f"{reading['effective_rank']:.1f}"
+            )
+        collapsed = self.collapse.collapsed and self.cfg.training.stop_on_collapse
+        if self.runtime.world_size > 1:  # every rank stops together
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(collapsed)], device=self.runtime.device)
+            dist.broadcast(flag, src=0)
+            collapsed = bool(flag.item())
+        if collapsed:
+            low = self.collapse.low
+            raise MedzooError(
+                f"representation collapsed: effective rank {reading.get('effective_rank', 0):.1f} "
+                f"< {self.collapse.threshold:.1f} at the {len(low)} monitor readings of steps "
+                f"{low[0]}-{low[-1]}; the last good checkpoint is kept in {self.checkpoint_path}: "
+                "lower optim.lr or change the augmentation and start a new run "
+                "(or set training.stop_on_collapse=false)"
+            )
+        return reading
 
     def log(self, log: TrainLog, step: int, loss: torch.Tensor) -> float:
         """Read the loss back (one host sync) and write a log line and the progress line."""
@@ -354,7 +433,8 @@ class Trainer:
             self.start_run_dir()
         self.wrap()
         pin = runtime.device.type == "cuda"
-        last_loss = float("nan")
+        last_loss, reading = float("nan"), {}
+        every = training.monitor_every_steps
         with contextlib.ExitStack() as stack:
             log = TrainLog(
                 stack, self.run_dir / LOG if runtime.is_main else None,
@@ -367,6 +447,8 @@ class Trainer:
             stack.callback(ahead.cancel)
             ahead.submit(step)
             self.train_model.train()
+            if every and step == 0:
+                reading = self.observe(log, 0)
             while step < self.total_steps:
                 wait_start = time.perf_counter()
                 batch = ahead.take(step).to(runtime.device, non_blocking=True)
@@ -380,9 +462,11 @@ class Trainer:
                 log.stepped(training.batch_size)
                 if log_now:
                     last_loss = self.log(log, step, loss)
+                if every and (step % every == 0 or step == self.total_steps):
+                    reading = self.observe(log, step)
                 if runtime.is_main and save_now:
                     self.save(step)
-        return {"model": _unwrap(self.model), "step": step, "loss": last_loss}
+        return {"model": _unwrap(self.model), "step": step, "loss": last_loss, "monitor": reading}
 
 
 class _Prefetch:
@@ -434,7 +518,11 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         std=tuple(std),
         num_classes=0,
         recipe=cfg_dict,
-        metrics={"pretrain/final_loss": state["loss"], "pretrain/steps": state["step"]},
+        metrics={
+            "pretrain/final_loss": state["loss"],
+            "pretrain/steps": state["step"],
+            **{f"pretrain/{k}": v for k, v in state.get("monitor", {}).items() if k != "monitor_s"},
+        },
         created=prov["created"],
         versions=prov["versions"],
         git_commit=prov["git_commit"],

@@ -138,3 +138,29 @@ def load_domain(
         plans, image_size=image_size, memory_budget_gb=memory_budget_gb, cache=cache,
         progress=progress,
     )  # fmt: skip
+
+
+def load_subset(
+    root: str | os.PathLike[str],
+    dataset_id: str,
+    split: str,
+    count: int,
+    seed: int,
+    image_size: int | None = None,
+) -> SplitData:
+    """A stratified, seeded subset of about ``count`` images of one split (the monitor's sets).
+
+    Only the chosen rows are read, so a subset of crc's 85,000 training images costs what its
+    size does.
+    """
+    import dataclasses
+
+    from medzoo.data.fractions import label_fraction_indices
+
+    plan = _plan(_check_root(root), dataset_id, split, None)
+    if len(plan.rows) == 0:
+        raise MedzooError(f"split '{split}' of {dataset_id} is empty")
+    fraction = min(1.0, max(count, 1) / len(plan.rows))
+    keep = label_fraction_indices(plan.labels, fraction, seed)
+    plan = dataclasses.replace(plan, rows=plan.rows[keep], labels=plan.labels[keep])
+    return load_plans([plan], image_size=image_size, memory_budget_gb=float("inf"))
