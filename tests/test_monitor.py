@@ -3,6 +3,7 @@ collapse detection, and its place in the pre-training loop."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -111,3 +112,50 @@ def test_monitor_is_off_without_a_val_split(synth_root: Path, tmp_path: Path) ->
         root, ["crc"], image_size=32, channels=3, val_size=10, train_size=10, seed=0
     )
     assert isinstance(found, str) and "val" in found
+
+
+def test_knn_accuracy_rises_during_a_short_cpu_run(synth_root: Path, tmp_path: Path) -> None:
+    """The tiny crc run of the issue: the monitor must see learning (seeded, so reproducible)."""
+    from medzoo.config import load_pretrain_config
+    from medzoo.pretrain import pretrain
+
+    cfg = load_pretrain_config(
+        Path(__file__).resolve().parents[1] / "recipes" / "pretrain-crc.toml",
+        [
+            'name="tiny-monitor"', "data.image_size=32", "model.projector_dims=[128, 128]",
+            "training.batch_size=16", "training.epochs=6", "training.monitor_every_steps=6",
+            "training.checkpoint_every_steps=12", "optim.lr=1e-3",
+        ],
+    )  # fmt: skip
+    run = tmp_path / "run"
+    pretrain(cfg, data_root=synth_root, out=run, progress=False, register=False)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    readings = [r for r in log if "knn_acc" in r]
+    assert [r["step"] for r in readings] == list(range(0, 37, 6))
+    first, last = readings[0]["knn_acc"], readings[-1]["knn_acc"]
+    assert last > first, [r["knn_acc"] for r in readings]
+    assert all(r["effective_rank"] > 1 and -1 <= r["diag_corr"] <= 1 for r in readings)
+    assert (run / "monitor.png").stat().st_size > 0
+
+
+def test_collapse_stops_and_keeps_the_last_good_checkpoint(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medzoo.monitor
+    from medzoo.config import load_pretrain_config
+    from medzoo.errors import MedzooError
+    from medzoo.pretrain import pretrain
+
+    readings = iter([30.0, 30.0, 0.5, 0.4, 0.3, 0.2])  # healthy at steps 0 and 2, then collapsed
+    monkeypatch.setattr(medzoo.monitor, "effective_rank", lambda z: next(readings))
+    cfg = load_pretrain_config(
+        Path(__file__).resolve().parents[1] / "recipes" / "pretrain-crc.toml",
+        [
+            'name="tiny-collapse"', "data.image_size=32", "model.projector_dims=[64, 64]",
+            "training.batch_size=16", "training.epochs=3", "training.monitor_every_steps=2",
+            "training.checkpoint_every_steps=2", "training.collapse_patience=3",
+        ],
+    )  # fmt: skip
+    with pytest.raises(MedzooError, match="collapsed.*steps 4-8.*last good checkpoint"):
+        pretrain(cfg, data_root=synth_root, out=tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
