@@ -61,12 +61,19 @@ def default_mean_std(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...
 
 @dataclass(frozen=True)
 class DataConfig:
-    domain: str = "crc"  # a domain (liver, crc) or a single MIMeta dataset id
+    domain: str | tuple[str, ...] = "crc"  # a domain (liver, crc), a dataset id, or a list: a mix
     root: str | None = None  # None: --data-root, MEDZOO_DATA or data/mimeta
     splits: tuple[str, ...] = ("train",)  # pre-training never sees test
     image_size: int = 224  # images are resized once at load time if they differ
     channels: int = 3  # must match the domain's images (crc 3, organs 1)
     memory_budget_gb: float = 8.0  # above this the split is memory-mapped instead of loaded
+    weights: tuple[float, ...] | None = (
+        None  # a mix's sampling weight per domain entry (None: by size)
+    )
+
+    def __post_init__(self) -> None:  # a TOML list arrives as a list: keep the dataclass frozen
+        if isinstance(self.domain, list):
+            object.__setattr__(self, "domain", tuple(self.domain))
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,19 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     if cfg.training.batch_size < 2:
         raise MedzooError(
             "training.batch_size must be at least 2 (Barlow Twins normalises over the batch)"
+        )
+    domains = (cfg.data.domain,) if isinstance(cfg.data.domain, str) else cfg.data.domain
+    if (
+        not domains
+        or not all(isinstance(d, str) and d for d in domains)
+        or len(set(domains)) < len(domains)
+    ):
+        raise MedzooError("data.domain must be a name or a list of distinct names")
+    if cfg.data.weights is not None and (
+        len(cfg.data.weights) != len(domains) or min(cfg.data.weights) <= 0
+    ):
+        raise MedzooError(
+            f"data.weights must give one positive weight per data.domain entry ({len(domains)})"
         )
     if cfg.model.in_chans != cfg.data.channels:
         raise MedzooError(

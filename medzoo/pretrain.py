@@ -14,6 +14,7 @@ and scaler states are in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -146,10 +147,8 @@ def resolve_preset(
 ) -> PretrainConfig:
     """``cfg`` with ``augment.preset = "auto"`` replaced by its domain's modality preset, so the
     recorded recipe says what ran."""
-    if cfg.augment.preset != "auto":
-        return cfg
-    import dataclasses
-
+    if cfg.augment.preset != "auto" or not isinstance(cfg.data.domain, str):
+        return cfg  # set, or a mix: medzoo.data.mix.plan_mix resolves each part's preset
     from medzoo.data.domains import domain_preset
 
     preset = domain_preset(cfg.data.domain, data_root or cfg.data.root)
@@ -181,6 +180,12 @@ def pretrain(
         raise MedzooError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
+    mix = None
+    if not isinstance(cfg.data.domain, str):  # a multi-domain mix: planned from metadata first
+        from medzoo.config import data_root as resolve_root
+        from medzoo.data.mix import plan_mix
+
+        mix = plan_mix(cfg, resolve_root(data_root or cfg.data.root))
     runtime = make_runtime(cfg)
     monitor_data = None
     if images is None:
@@ -188,8 +193,9 @@ def pretrain(
         if runtime.is_main:
             monitor_data = _monitor_data(cfg, data_root)
     state = _train(
-        cfg, cfg_dict, runtime, images, run_dir, resume, progress, monitor_data=monitor_data
-    )
+        cfg, cfg_dict, runtime, images, run_dir, resume, progress, monitor_data=monitor_data,
+        mix=mix,
+    )  # fmt: skip
     state["datasets"] = _dataset_ids(cfg, data_root)
     if runtime.world_size > 1:
         import torch.distributed as dist
@@ -224,9 +230,9 @@ def _monitor_data(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None)
 
 def _train(
     cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool,
-    monitor_data=None,
+    monitor_data=None, mix=None,
 ) -> dict:  # fmt: skip
-    trainer = Trainer(cfg, cfg_dict, runtime, images, run_dir, monitor_data=monitor_data)
+    trainer = Trainer(cfg, cfg_dict, runtime, images, run_dir, monitor_data=monitor_data, mix=mix)
     return trainer.fit(resume=resume, progress=progress)
 
 
@@ -241,17 +247,14 @@ class Trainer:
 
     def __init__(
         self, cfg: PretrainConfig, cfg_dict: dict, runtime: Runtime, images, run_dir: Path,
-        monitor_data=None,
+        monitor_data=None, mix=None,
     ) -> None:  # fmt: skip
-        from medzoo.data.augment import TwoViewAugment, resolve_augment
-
         cfg = resolve_preset(cfg)  # already resolved by pretrain(); benchmarks may pass "auto"
         self.cfg, self.cfg_dict, self.runtime, self.run_dir = cfg, cfg_dict, runtime, run_dir
         training = cfg.training
         torch.manual_seed(training.seed)
-        self.source = BatchSource(
-            images, training.batch_size, training.seed, runtime.rank, runtime.world_size
-        )
+        self.mix = mix
+        self.source = _batch_source(images, training, runtime, mix, weighted=bool(cfg.data.weights))
         self.total_steps = training.epochs * self.source.steps_per_epoch
         if training.max_steps is not None:
             self.total_steps = min(self.total_steps, training.max_steps)
@@ -269,7 +272,7 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
         mean, std = default_mean_std(cfg.model.in_chans)
-        self.augment = TwoViewAugment(resolve_augment(cfg.augment), cfg.data.image_size, mean, std)
+        self.augment, self.groups = _augmenter(cfg, mix, mean, std)
         self.aug_generator = torch.Generator(device=runtime.device)
         self.autocast = (
             torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
@@ -296,12 +299,7 @@ class Trainer:
         """One Barlow Twins step on a uint8 batch: two views, one loss, one optimiser update."""
         from medzoo import losses
 
-        seed = self.cfg.training.seed
-        self.aug_generator.manual_seed((seed * 1_000_003 + step) * 1009 + self.runtime.rank)
-        view1, view2 = self.augment(batch, generator=self.aug_generator)
-        if self.runtime.channels_last:
-            view1 = view1.contiguous(memory_format=torch.channels_last)
-            view2 = view2.contiguous(memory_format=torch.channels_last)
+        view1, view2 = self.views(batch, step)
         with self.autocast:
             z1 = self.train_model(view1)
             z2 = self.train_model(view2)
@@ -319,6 +317,20 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         return loss
+
+    def views(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views, from a generator seeded by (seed, step, rank): exact resume."""
+        seed = self.cfg.training.seed
+        self.aug_generator.manual_seed((seed * 1_000_003 + step) * 1009 + self.runtime.rank)
+        if self.groups is None:
+            view1, view2 = self.augment(batch, generator=self.aug_generator)
+        else:  # a mix: each sample's dataset picks its preset
+            groups = self.groups[self.source.indices(step)]
+            view1, view2 = self.augment(batch, generator=self.aug_generator, groups=groups)
+        if self.runtime.channels_last:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        return view1, view2
 
     # ----------------------------------------------------------------------- bookkeeping
 
@@ -349,6 +361,11 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "recipe.toml", dump_toml(self.cfg_dict))
         atomic_write_json(self.run_dir / "provenance.json", provenance())
+        if self.mix:
+            from medzoo.data.mix import mix_record
+
+            record = mix_record(self.mix, self.cfg.data.channels, bool(self.cfg.data.weights))
+            atomic_write_json(self.run_dir / "mix.json", record)
         (self.run_dir / LOG).unlink(missing_ok=True)
 
     def wrap(self) -> None:
@@ -469,6 +486,33 @@ class Trainer:
         return {"model": _unwrap(self.model), "step": step, "loss": last_loss, "monitor": reading}
 
 
+def _augmenter(cfg: PretrainConfig, mix, mean, std):
+    """The two-view augmentation, and for a mix the part of every image (each its own preset)."""
+    from medzoo.data.augment import TwoViewAugment, resolve_augment
+
+    size = cfg.data.image_size
+    if mix:
+        from medzoo.data.mix import MixedAugment, groups_of
+
+        parts = [dataclasses.replace(cfg.augment, preset=part.preset) for part in mix]
+        augments = [TwoViewAugment(resolve_augment(a), size, mean, std) for a in parts]
+        return MixedAugment(augments), groups_of(mix)
+    augment = cfg.augment
+    if augment.preset == "auto":  # a mix benchmarked without its data: the first entry's rules
+        first = dataclasses.replace(cfg.data, domain=cfg.data.domain[0])
+        augment = resolve_preset(dataclasses.replace(cfg, data=first)).augment
+    return TwoViewAugment(resolve_augment(augment), size, mean, std), None
+
+
+def _batch_source(images, training, runtime: Runtime, mix, *, weighted: bool) -> BatchSource:
+    args = (training.batch_size, training.seed, runtime.rank, runtime.world_size)
+    if mix and weighted:
+        from medzoo.data.mix import WeightedBatchSource
+
+        return WeightedBatchSource(images, mix, *args)
+    return BatchSource(images, *args)
+
+
 class _Prefetch:
     """The next batch, gathered (and pinned) on a worker thread while this one trains."""
 
@@ -494,8 +538,10 @@ class _Prefetch:
 def _dataset_ids(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None) -> tuple[str, ...]:
     from medzoo.config import data_root as resolve_root
     from medzoo.data.domains import resolve_domain
+    from medzoo.data.mix import entries
 
-    return resolve_domain(cfg.data.domain, resolve_root(data_root or cfg.data.root))
+    root = resolve_root(data_root or cfg.data.root)
+    return tuple(d for entry in entries(cfg) for d in resolve_domain(entry, root))
 
 
 def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
@@ -510,7 +556,7 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         name=cfg.name,
         arch=cfg.model.arch,
         method="barlow-twins",
-        domain=cfg.data.domain,
+        domain=cfg.data.domain if isinstance(cfg.data.domain, str) else "+".join(cfg.data.domain),
         datasets=tuple(state["datasets"]),
         in_chans=cfg.model.in_chans,
         input_size=(cfg.model.in_chans, size, size),
@@ -532,6 +578,9 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         "recipe.toml": dump_toml(cfg_dict),
         "provenance.json": json.dumps(prov, indent=2) + "\n",
     }
+    for name in ("mix.json", "monitor.png"):
+        if (run_dir / name).exists():
+            extra[name] = (run_dir / name).read_bytes()
     log_path = run_dir / LOG
     if log_path.exists():
         extra["train_log.jsonl"] = log_path.read_text(encoding="utf-8")

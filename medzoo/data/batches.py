@@ -43,11 +43,15 @@ class BatchSource:
         epoch, within = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=generator)
+            self._perm = self.epoch_order(generator)
             self._perm_epoch = epoch
         start = within * self.batch_size + self.rank * self.local_batch
         # Sorted rows read faster from a memory map; order within a batch does not change the loss.
         return self._perm[start : start + self.local_batch].sort().values
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """The rows of one epoch, in order (a permutation of all images)."""
+        return torch.randperm(len(self.images), generator=generator)
 
     def load(self, step: int, pin: bool) -> torch.Tensor:
         batch = self.images[self.indices(step)]
@@ -74,6 +78,10 @@ def load_pretraining_images(
             f"data root {root} does not exist: run `medzoo data fetch` (or `medzoo data synth {root}` "
             "for synthetic data), or point --data-root / MEDZOO_DATA at your MIMeta folder"
         )
+    if not isinstance(cfg.data.domain, str):  # a multi-domain mix
+        from medzoo.data.mix import load_mix_images, plan_mix
+
+        return load_mix_images(cfg, root, plan_mix(cfg, root))
     split = load_domain(
         root,
         cfg.data.domain,
