@@ -240,6 +240,26 @@ class CollapseWatch:
 # ------------------------------------------------------------------------------ the plot
 
 
+def summary_line(log_path: Path) -> str | None:
+    """One line: kNN accuracy and effective rank at the first and last reading, or None."""
+    import json
+
+    if not log_path.is_file():
+        return None
+    readings = [r for r in map(json.loads, log_path.read_text().splitlines()) if "knn_acc" in r]
+    if not readings:
+        return None
+    first, last = readings[0], readings[-1]
+    cost = sum(r["monitor_s"] for r in readings)
+    return (
+        f"monitor: kNN accuracy on val {100 * first['knn_acc']:.1f}% (step {first['step']}) -> "
+        f"{100 * last['knn_acc']:.1f}% (step {last['step']}), effective rank "
+        f"{first['effective_rank']:.1f} -> {last['effective_rank']:.1f}, on-diagonal "
+        f"correlation {first['diag_corr']:.2f} -> {last['diag_corr']:.2f} "
+        f"({len(readings)} readings, {cost:.0f} s); plot: {log_path.parent / 'monitor.png'}"
+    )
+
+
 def plot_monitor(log_path: Path, out: Path) -> None:
     """Loss, kNN accuracy and effective rank against steps from ``train_log.jsonl``."""
     import json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from medzoo.commands import add_set_option
 from medzoo.errors import MedzooError
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medzoo.config import load_pretrain_config
-    from medzoo.pretrain import pretrain
+    from medzoo.pretrain import default_run_dir, pretrain
 
     overrides = list(args.overrides)
     if args.name:
@@ -56,5 +57,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except FileNotFoundError as err:
         raise MedzooError(f"{err.filename or err}: file not found") from None
+    from medzoo.monitor import summary_line
+
+    line = summary_line(Path(args.out or default_run_dir(cfg)) / "train_log.jsonl")
+    if line:
+        print(line)
     print(f"done: {folder}")
     return 0
