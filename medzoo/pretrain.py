@@ -401,6 +401,7 @@ class Trainer:
             self.collapse.update(step, reading["effective_rank"])
             epoch = round(step / self.source.steps_per_epoch, 3)
             log.write({"step": step, "epoch": epoch, **reading})
+            log.paused(reading["monitor_s"])
             log.show(
                 knn=f"{100 * reading['knn_acc']:.1f}%", erank=f"{reading['effective_rank']:.1f}"
             )
@@ -413,10 +414,15 @@ class Trainer:
             collapsed = bool(flag.item())
         if collapsed:
             low = self.collapse.low
+            kept = (
+                f"the last good checkpoint is kept in {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was taken before it"
+            )
             raise MedzooError(
                 f"representation collapsed: effective rank {reading.get('effective_rank', 0):.1f} "
                 f"< {self.collapse.threshold:.1f} at the {len(low)} monitor readings of steps "
-                f"{low[0]}-{low[-1]}; the last good checkpoint is kept in {self.checkpoint_path}: "
+                f"{low[0]}-{low[-1]}; {kept}: "
                 "lower optim.lr or change the augmentation and start a new run "
                 "(or set training.stop_on_collapse=false)"
             )

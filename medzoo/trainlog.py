@@ -91,6 +91,10 @@ class TrainLog:
     def waited(self, seconds: float) -> None:
         self.window_wait += seconds
 
+    def paused(self, seconds: float) -> None:
+        """Leave ``seconds`` of non-training work (the monitor) out of the throughput."""
+        self.window_start += seconds
+
     def stepped(self, samples: int) -> None:
         self.window_samples += samples
         if self.bar is not None:
