@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "says, and register the backbone in the zoo. Runs on CUDA with AMP and channels_last, on "
         "CPU in fp32, and on several GPUs or nodes with `torchrun --nproc_per_node N -m medzoo "
         "pretrain RECIPE`.",
-        epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10",
+        epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10. "
+        "The online monitor (kNN accuracy on val, effective rank) runs every "
+        "training.monitor_every_steps steps; readings in RUN/train_log.jsonl and RUN/monitor.png.",
     )
     parser.add_argument("recipe", help="recipe TOML file (see recipes/)")
     parser.add_argument(
