@@ -513,7 +513,7 @@ def _augmenter(cfg: PretrainConfig, mix, mean, std):
 def _batch_source(images, training, runtime: Runtime, mix, *, weighted: bool) -> BatchSource:
     args = (training.batch_size, training.seed, runtime.rank, runtime.world_size)
     if mix and weighted:
-        from medzoo.data.mix import WeightedBatchSource
+        from medzoo.data.batches import WeightedBatchSource
 
         return WeightedBatchSource(images, mix, *args)
     return BatchSource(images, *args)

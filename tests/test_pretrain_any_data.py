@@ -144,7 +144,8 @@ def test_mix_recipe_runs_tiny_and_the_entry_records_the_mix(
 def test_weighted_epochs_draw_each_part_by_its_weight() -> None:
     import torch
 
-    from medzoo.data.mix import MixPart, WeightedBatchSource
+    from medzoo.data.batches import WeightedBatchSource
+    from medzoo.data.mix import MixPart
 
     parts = [
         MixPart("big", ("big",), "histology", 3, 90, 0.5),

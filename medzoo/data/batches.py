@@ -8,6 +8,8 @@ the processes of a host share one memory budget and one memory map.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -56,6 +58,33 @@ class BatchSource:
     def load(self, step: int, pin: bool) -> torch.Tensor:
         batch = self.images[self.indices(step)]
         return batch.pin_memory() if pin else batch
+
+
+class WeightedBatchSource(BatchSource):
+    """Batches whose epochs draw ``weight`` of their samples from each part of a mix.
+
+    ``parts`` are :class:`medzoo.data.mix.MixPart` (``count`` images each, in load order, and a
+    normalised ``weight``); a part smaller than its share is drawn again from the start.
+    """
+
+    def __init__(self, images: torch.Tensor, parts: Sequence[Any], *args: Any, **kwargs: Any):
+        self.parts = list(parts)
+        super().__init__(images, *args, **kwargs)
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        total = len(self.images)
+        shares = [round(part.weight * total) for part in self.parts]
+        shares[-1] = total - sum(shares[:-1])
+        offset, chosen = 0, []
+        for part, share in zip(self.parts, shares):
+            repeats = -(-max(share, 0) // part.count)  # as many passes as the share needs
+            rows = torch.cat(
+                [torch.randperm(part.count, generator=generator) for _ in range(repeats)]
+            )
+            chosen.append(offset + rows[:share])
+            offset += part.count
+        order = torch.cat(chosen)
+        return order[torch.randperm(len(order), generator=generator)]
 
 
 def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,7 @@ its own dataset's preset, channels unified by one stated rule, sampled by per-en
 ``data.domain = ["crc", "derm"]`` and ``data.weights = [1, 1]``: every epoch draws
 ``weight / sum(weights)`` of its samples from each entry (without replacement while an entry
 has images left, then again from the start), so a small dataset is not drowned by a large one.
-Without weights the entries are simply concatenated (each image once an epoch). Images are
+(:class:`medzoo.data.batches.WeightedBatchSource`). Without weights the entries are simply concatenated (each image once an epoch). Images are
 converted to ``data.channels`` by :data:`medzoo.data.channels.RULE`. The plan is recorded in
 the run folder and the zoo entry as ``mix.json``.
 """
@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 from medzoo.config import PretrainConfig
-from medzoo.data.batches import BatchSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,29 +96,6 @@ def groups_of(parts: Sequence[MixPart]) -> Tensor:
     return torch.repeat_interleave(
         torch.arange(len(parts)), torch.tensor([part.count for part in parts])
     )
-
-
-class WeightedBatchSource(BatchSource):
-    """Batches whose epochs draw ``weight`` of their samples from each part."""
-
-    def __init__(self, images: Tensor, parts: Sequence[MixPart], *args: Any, **kwargs: Any):
-        self.parts = list(parts)
-        super().__init__(images, *args, **kwargs)
-
-    def epoch_order(self, generator: torch.Generator) -> Tensor:
-        total = len(self.images)
-        shares = [round(part.weight * total) for part in self.parts]
-        shares[-1] = total - sum(shares[:-1])
-        offset, chosen = 0, []
-        for part, share in zip(self.parts, shares):
-            repeats = -(-max(share, 0) // part.count)  # as many passes as the share needs
-            rows = torch.cat(
-                [torch.randperm(part.count, generator=generator) for _ in range(repeats)]
-            )
-            chosen.append(offset + rows[:share])
-            offset += part.count
-        order = torch.cat(chosen)
-        return order[torch.randperm(len(order), generator=generator)]
 
 
 class MixedAugment:
