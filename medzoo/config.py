@@ -61,12 +61,19 @@ def default_mean_std(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...
 
 @dataclass(frozen=True)
 class DataConfig:
-    domain: str = "crc"  # a domain (liver, crc) or a single MIMeta dataset id
+    domain: str | tuple[str, ...] = "crc"  # a domain (liver, crc), a dataset id, or a list: a mix
     root: str | None = None  # None: --data-root, MEDZOO_DATA or data/mimeta
     splits: tuple[str, ...] = ("train",)  # pre-training never sees test
     image_size: int = 224  # images are resized once at load time if they differ
     channels: int = 3  # must match the domain's images (crc 3, organs 1)
     memory_budget_gb: float = 8.0  # above this the split is memory-mapped instead of loaded
+    weights: tuple[float, ...] | None = (
+        None  # a mix's sampling weight per domain entry (None: by size)
+    )
+
+    def __post_init__(self) -> None:  # a TOML list arrives as a list: keep the dataclass frozen
+        if isinstance(self.domain, list):
+            object.__setattr__(self, "domain", tuple(self.domain))
 
 
 @dataclass(frozen=True)
@@ -110,13 +117,26 @@ class TrainingConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # online representation monitor (medzoo.monitor): kNN accuracy on a val subset, effective rank
+    monitor_every_steps: int = 500  # 0: off; also measured at the start and the end
+    monitor_val_size: int = 1000  # stratified val subset measured (never test)
+    monitor_train_size: int = 2000  # stratified labelled train subset: the kNN neighbours
+    stop_on_collapse: bool = (
+        True  # stop when the effective rank stays low; keep the last good checkpoint
+    )
+    collapse_rank_fraction: float = (
+        0.02  # low = below this fraction of min(projector width, val size)
+    )
+    collapse_patience: int = 3  # consecutive low readings before stopping
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """A preset plus optional overrides; None means "what the preset says"."""
 
-    preset: str = "histology"  # histology | ct
+    preset: str = (
+        "auto"  # auto (from the datasets' modality) | histology | ct | dermatology | fundus
+    )
     crop_scale: tuple[float, float] | None = None
     hflip_prob: float | None = None
     vflip_prob: float | None = None
@@ -154,7 +174,9 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     choice(cfg.optim.name, ("adam", "lars", "sgd"), "optim.name")
     choice(cfg.optim.schedule, ("cosine", "constant"), "optim.schedule")
     choice(cfg.training.precision, ("auto", "bf16", "fp16", "fp32"), "training.precision")
-    choice(cfg.augment.preset, ("histology", "ct"), "augment.preset")
+    choice(
+        cfg.augment.preset, ("auto", "histology", "ct", "dermatology", "fundus"), "augment.preset"
+    )
     choice(cfg.model.init, ("random", "imagenet"), "model.init")
     if "test" in cfg.data.splits:
         raise MedzooError("data.splits contains 'test': pre-training never sees the test split")
@@ -170,9 +192,34 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise MedzooError(f"{key} = {value} must be positive")
+    training = cfg.training
+    if (
+        training.monitor_every_steps < 0
+        or min(training.monitor_val_size, training.monitor_train_size) < 2
+    ):
+        raise MedzooError(
+            "training.monitor_every_steps must be >= 0 (0: off) and the monitor sizes at least 2"
+        )
+    if not 0 <= training.collapse_rank_fraction < 1 or training.collapse_patience < 1:
+        raise MedzooError(
+            "training.collapse_rank_fraction must lie in [0, 1) and collapse_patience be >= 1"
+        )
     if cfg.training.batch_size < 2:
         raise MedzooError(
             "training.batch_size must be at least 2 (Barlow Twins normalises over the batch)"
+        )
+    domains = (cfg.data.domain,) if isinstance(cfg.data.domain, str) else cfg.data.domain
+    if (
+        not domains
+        or not all(isinstance(d, str) and d for d in domains)
+        or len(set(domains)) < len(domains)
+    ):
+        raise MedzooError("data.domain must be a name or a list of distinct names")
+    if cfg.data.weights is not None and (
+        len(cfg.data.weights) != len(domains) or min(cfg.data.weights) <= 0
+    ):
+        raise MedzooError(
+            f"data.weights must give one positive weight per data.domain entry ({len(domains)})"
         )
     if cfg.model.in_chans != cfg.data.channels:
         raise MedzooError(

@@ -90,6 +90,9 @@ def run_demo(
         f"Barlow Twins pre-training of {cfg.name} ({cfg.training.epochs} epochs, CPU)",
         lambda: pretrain(cfg, data_root=data, out=out / "pretrain"),
     )
+    from medzoo.monitor import summary_line
+
+    print(f"   {summary_line(out / 'pretrain' / 'train_log.jsonl') or 'monitor: off'}")
     run_dir = steps.run(
         "evaluation: linear probe and short fine-tune vs random init over label fractions and seeds",
         lambda: evaluate(eval_cfg, data_root=data, out=out / "eval"),

@@ -14,6 +14,7 @@ and scaler states are in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -33,11 +34,12 @@ from medzoo.data.batches import (
     synthetic_images,
 )
 from medzoo.errors import MedzooError
+from medzoo.monitor import CollapseWatch
 from medzoo.provenance import atomic_path, atomic_write_json, atomic_write_text, provenance
 from medzoo.runtime import Runtime, make_runtime
+from medzoo.trainlog import LOG, NonFiniteGuard, TrainLog, truncate_log
 
 CHECKPOINT = "checkpoint.pt"
-LOG = "train_log.jsonl"
 
 
 # --------------------------------------------------------------------------- model and optimiser
@@ -131,18 +133,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the loop
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
-    if not path.exists():
-        return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
@@ -150,6 +140,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def default_run_dir(cfg: PretrainConfig) -> Path:
     return Path("runs") / f"pretrain-{cfg.name}"
+
+
+def resolve_preset(
+    cfg: PretrainConfig, data_root: str | os.PathLike[str] | None = None
+) -> PretrainConfig:
+    """``cfg`` with ``augment.preset = "auto"`` replaced by its domain's modality preset, so the
+    recorded recipe says what ran."""
+    if cfg.augment.preset != "auto" or not isinstance(cfg.data.domain, str):
+        return cfg  # set, or a mix: medzoo.data.mix.plan_mix resolves each part's preset
+    from medzoo.data.domains import domain_preset
+
+    preset = domain_preset(cfg.data.domain, data_root or cfg.data.root)
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, preset=preset))
 
 
 def pretrain(
@@ -169,6 +172,7 @@ def pretrain(
     from medzoo.zoo.index import validate_name
 
     validate_name(cfg.name)
+    cfg = resolve_preset(cfg, data_root)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
     cfg_dict = to_dict(cfg)
     checkpoint_path = run_dir / CHECKPOINT
@@ -176,10 +180,23 @@ def pretrain(
         raise MedzooError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
+    mix = None
+    if not isinstance(cfg.data.domain, str):  # a multi-domain mix: planned from metadata first
+        from medzoo.config import data_root as resolve_root
+        from medzoo.data.mix import plan_mix
+
+        mix = plan_mix(cfg, resolve_root(data_root or cfg.data.root))
     runtime = make_runtime(cfg)
+    monitor_data = None
     if images is None:
         images = load_images_per_rank(cfg, data_root, runtime)
-    state = _train(cfg, cfg_dict, runtime, images, run_dir, resume, progress)
+        if runtime.is_main:
+            monitor_data = _monitor_data(cfg, data_root)
+    state = _train(
+        cfg, cfg_dict, runtime, images, run_dir, resume, progress, monitor_data=monitor_data,
+        mix=mix,
+    )  # fmt: skip
+    state["datasets"] = _dataset_ids(cfg, data_root)
     if runtime.world_size > 1:
         import torch.distributed as dist
 
@@ -189,175 +206,351 @@ def pretrain(
     return _register(cfg, cfg_dict, state, run_dir)
 
 
-def _train(
-    cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool
-) -> dict:
-    from medzoo import losses
-    from medzoo.data.augment import TwoViewAugment, resolve_augment
+def _monitor_data(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None):
+    """The monitor's fixed val/train subsets, or None (off, or nothing labelled to measure)."""
+    import logging
+
+    from medzoo.config import data_root as resolve_root
+    from medzoo.monitor import load_monitor_data
 
     training = cfg.training
-    torch.manual_seed(training.seed)
-    source = BatchSource(
-        images, training.batch_size, training.seed, runtime.rank, runtime.world_size
-    )
-    total_steps = training.epochs * source.steps_per_epoch
-    if training.max_steps is not None:
-        total_steps = min(total_steps, training.max_steps)
-    warmup_steps = round(cfg.optim.warmup_epochs * source.steps_per_epoch)
+    if training.monitor_every_steps == 0:
+        return None
+    found = load_monitor_data(
+        resolve_root(data_root or cfg.data.root), _dataset_ids(cfg, data_root),
+        image_size=cfg.data.image_size, channels=cfg.data.channels,
+        val_size=training.monitor_val_size, train_size=training.monitor_train_size,
+        seed=training.seed,
+    )  # fmt: skip
+    if isinstance(found, str):
+        logging.getLogger("medzoo").warning("representation monitor off: %s", found)
+        return None
+    return found
 
-    model = build_model(cfg).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: lr_factor(
-            s, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio
-        ),
-    )
-    scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
-    step = 0
-    if resume and (run_dir / CHECKPOINT).exists():
-        ckpt = load_checkpoint(run_dir / CHECKPOINT)
-        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(cfg_dict, sort_keys=True)):
+
+def _train(
+    cfg, cfg_dict, runtime: Runtime, images, run_dir: Path, resume: bool, progress: bool,
+    monitor_data=None, mix=None,
+) -> dict:  # fmt: skip
+    trainer = Trainer(cfg, cfg_dict, runtime, images, run_dir, monitor_data=monitor_data, mix=mix)
+    return trainer.fit(resume=resume, progress=progress)
+
+
+class Trainer:
+    """Barlow Twins pre-training: :meth:`step` is the method; the rest is bookkeeping.
+
+    Set-up (:meth:`__init__`) builds the batches, model, optimiser and schedule; :meth:`restore`
+    or :meth:`start_run_dir` resumes or opens the run folder; :meth:`fit` drives the steps with
+    logging (:class:`medzoo.trainlog.TrainLog`), the non-finite-loss policy
+    (:class:`medzoo.trainlog.NonFiniteGuard`) and checkpoints.
+    """
+
+    def __init__(
+        self, cfg: PretrainConfig, cfg_dict: dict, runtime: Runtime, images, run_dir: Path,
+        monitor_data=None, mix=None,
+    ) -> None:  # fmt: skip
+        cfg = resolve_preset(cfg)  # already resolved by pretrain(); benchmarks may pass "auto"
+        self.cfg, self.cfg_dict, self.runtime, self.run_dir = cfg, cfg_dict, runtime, run_dir
+        training = cfg.training
+        torch.manual_seed(training.seed)
+        self.mix = mix
+        self.source = _batch_source(images, training, runtime, mix, weighted=bool(cfg.data.weights))
+        self.total_steps = training.epochs * self.source.steps_per_epoch
+        if training.max_steps is not None:
+            self.total_steps = min(self.total_steps, training.max_steps)
+        warmup_steps = round(cfg.optim.warmup_epochs * self.source.steps_per_epoch)
+
+        self.model = build_model(cfg).to(runtime.device)
+        if runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_factor(
+                s, self.total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio
+            ),
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
+        mean, std = default_mean_std(cfg.model.in_chans)
+        self.augment, self.groups = _augmenter(cfg, mix, mean, std)
+        self.aug_generator = torch.Generator(device=runtime.device)
+        self.autocast = (
+            torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
+            if runtime.amp_dtype
+            else nullcontext()
+        )
+        self.train_model: nn.Module = self.model  # wrapped by DDP / compile in fit()
+        self.guard = NonFiniteGuard(runtime.device)
+        self.monitor = None  # rank 0 measures (medzoo.monitor); the others wait at the next step
+        if monitor_data is not None:
+            from medzoo.monitor import Monitor
+
+            self.monitor = Monitor(monitor_data, self.augment, mean, std, runtime.device)
+        width = min(
+            cfg.model.projector_dims[-1], len(monitor_data.val_labels) if monitor_data else 1
+        )
+        self.collapse = CollapseWatch(
+            training.collapse_rank_fraction * width, training.collapse_patience
+        )
+
+    # ----------------------------------------------------------------------- the method
+
+    def step(self, batch: torch.Tensor, step: int) -> torch.Tensor:
+        """One Barlow Twins step on a uint8 batch: two views, one loss, one optimiser update."""
+        from medzoo import losses
+
+        view1, view2 = self.views(batch, step)
+        with self.autocast:
+            z1 = self.train_model(view1)
+            z2 = self.train_model(view2)
+        loss = losses.barlow_twins_loss(z1.float(), z2.float(), self.cfg.loss.lambda_offdiag)
+        # Recorded on the device (no host sync in the step); checked when the loss is read for
+        # the log and before every checkpoint, so a non-finite run is never saved.
+        self.guard.record(loss, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def views(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views, from a generator seeded by (seed, step, rank): exact resume."""
+        seed = self.cfg.training.seed
+        self.aug_generator.manual_seed((seed * 1_000_003 + step) * 1009 + self.runtime.rank)
+        if self.groups is None:
+            view1, view2 = self.augment(batch, generator=self.aug_generator)
+        else:  # a mix: each sample's dataset picks its preset
+            groups = self.groups[self.source.indices(step)]
+            view1, view2 = self.augment(batch, generator=self.aug_generator, groups=groups)
+        if self.runtime.channels_last:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        return view1, view2
+
+    # ----------------------------------------------------------------------- bookkeeping
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def restore(self) -> int:
+        """Load the run folder's checkpoint (same recipe only); returns the step to go on from."""
+        ckpt = load_checkpoint(self.checkpoint_path)
+        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(self.cfg_dict, sort_keys=True)):
             raise MedzooError(
-                f"{run_dir / CHECKPOINT} was made with another recipe: resume with the same recipe and --set values"
+                f"{self.checkpoint_path} was made with another recipe: resume with the same recipe and --set values"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"]:
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng_cpu"])
         step = int(ckpt["step"])
-        if runtime.is_main:
-            _truncate_log(run_dir / LOG, step)
-    elif runtime.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "recipe.toml", dump_toml(cfg_dict))
-        atomic_write_json(run_dir / "provenance.json", provenance())
-        (run_dir / LOG).unlink(missing_ok=True)
+        if self.runtime.is_main:
+            truncate_log(self.run_dir / LOG, step)
+        return step
 
-    train_model: nn.Module = model
-    if runtime.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    def start_run_dir(self) -> None:
+        """A fresh run folder: the resolved recipe, provenance, and an empty log."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "recipe.toml", dump_toml(self.cfg_dict))
+        atomic_write_json(self.run_dir / "provenance.json", provenance())
+        if self.mix:
+            from medzoo.data.mix import mix_record
 
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        train_model = DistributedDataParallel(model, device_ids=ids)
-    if training.compile:
-        train_model = torch.compile(train_model)
+            record = mix_record(self.mix, self.cfg.data.channels, bool(self.cfg.data.weights))
+            atomic_write_json(self.run_dir / "mix.json", record)
+        (self.run_dir / LOG).unlink(missing_ok=True)
 
-    mean, std = default_mean_std(cfg.model.in_chans)
-    augment = TwoViewAugment(resolve_augment(cfg.augment), cfg.data.image_size, mean, std)
-    aug_generator = torch.Generator(device=runtime.device)
-    pin = runtime.device.type == "cuda"
-    autocast = (
-        torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
-        if runtime.amp_dtype
-        else nullcontext()
-    )
+    def wrap(self) -> None:
+        """DDP across processes, then torch.compile, as the recipe says."""
+        if self.runtime.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-    with contextlib.ExitStack() as stack:
-        bar = None
-        if progress and runtime.is_main:
-            from tqdm.auto import tqdm
+            device = self.runtime.device
+            ids = [device.index] if device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if self.cfg.training.compile:
+            self.train_model = torch.compile(self.train_model)
 
-            bar = stack.enter_context(
-                tqdm(
-                    total=total_steps,
-                    initial=step,
-                    desc=f"pretrain {cfg.name}",
-                    unit="step",
-                    dynamic_ncols=True,
-                )
+    def save(self, step: int) -> None:
+        """Checkpoint (and plot the monitor), unless the representation looks collapsed: then
+        the last good checkpoint stays."""
+        if self.collapse.suspect:
+            return
+        save_checkpoint(
+            self.checkpoint_path, self.model, self.optimizer, self.scheduler, self.scaler, step,
+            self.cfg_dict,
+        )  # fmt: skip
+        if self.monitor is not None:
+            from medzoo.monitor import plot_monitor
+
+            plot_monitor(self.run_dir / LOG, self.run_dir / "monitor.png")
+
+    def observe(self, log: TrainLog, step: int) -> dict[str, float]:
+        """Measure the representation (rank 0), log it, and stop the run if it collapsed."""
+        reading: dict[str, float] = {}
+        if self.monitor is not None:
+            reading = self.monitor.measure(self.model)
+            self.collapse.update(step, reading["effective_rank"])
+            epoch = round(step / self.source.steps_per_epoch, 3)
+            log.write({"step": step, "epoch": epoch, **reading})
+            log.paused(reading["monitor_s"])
+            log.show(
+                knn=f"{100 * reading['knn_acc']:.1f}%", erank=f"{reading['effective_rank']:.1f}"
             )
-        log_handle = (
-            stack.enter_context(open(run_dir / LOG, "a", encoding="utf-8"))
-            if runtime.is_main
-            else None
+        collapsed = self.collapse.collapsed and self.cfg.training.stop_on_collapse
+        if self.runtime.world_size > 1:  # every rank stops together
+            import torch.distributed as dist
+
+            flag = torch.tensor([int(collapsed)], device=self.runtime.device)
+            dist.broadcast(flag, src=0)
+            collapsed = bool(flag.item())
+        if collapsed:
+            low = self.collapse.low
+            kept = (
+                f"the last good checkpoint is kept in {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was taken before it"
+            )
+            raise MedzooError(
+                f"representation collapsed: effective rank {reading.get('effective_rank', 0):.1f} "
+                f"< {self.collapse.threshold:.1f} at the {len(low)} monitor readings of steps "
+                f"{low[0]}-{low[-1]}; {kept}: "
+                "lower optim.lr or change the augmentation and start a new run "
+                "(or set training.stop_on_collapse=false)"
+            )
+        return reading
+
+    def log(self, log: TrainLog, step: int, loss: torch.Tensor) -> float:
+        """Read the loss back (one host sync) and write a log line and the progress line."""
+        value = loss.item()
+        record = {
+            "step": step,
+            "epoch": round(step / self.source.steps_per_epoch, 3),
+            "loss": value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **log.throughput(),
+        }
+        log.write(record)
+        log.show(
+            loss=f"{value:.4g}",
+            sps=f"{record['samples_per_s']:.1f}",
+            wait=f"{100 * record['data_wait']:.0f}%",
         )
-        # One batch ahead on a worker thread: gathering rows and pinning overlap the GPU step.
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
-        stack.callback(lambda: pending is not None and pending.cancel())
-        pending = pool.submit(source.load, step, pin) if step < total_steps else None
-        window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
-        last_loss = float("nan")
-        first_bad = torch.full((), -1, dtype=torch.long, device=runtime.device)
-        bad_loss = torch.zeros((), device=runtime.device)
-        train_model.train()
-        while step < total_steps:
-            wait_start = time.perf_counter()
-            batch = pending.result()
-            pending = pool.submit(source.load, step + 1, pin) if step + 1 < total_steps else None
-            batch = batch.to(runtime.device, non_blocking=True)
-            window_wait += time.perf_counter() - wait_start
+        return value
 
-            aug_generator.manual_seed((training.seed * 1_000_003 + step) * 1009 + runtime.rank)
-            view1, view2 = augment(batch, generator=aug_generator)
-            if runtime.channels_last:
-                view1 = view1.contiguous(memory_format=torch.channels_last)
-                view2 = view2.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                z1 = train_model(view1)
-                z2 = train_model(view2)
-            loss = losses.barlow_twins_loss(z1.float(), z2.float(), cfg.loss.lambda_offdiag)
-            # Recorded on the device (no host sync in the step); checked when the loss is read for
-            # the log and before every checkpoint, so a non-finite run is never saved.
-            newly_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
-            first_bad = torch.where(newly_bad, step, first_bad)
-            bad_loss = torch.where(newly_bad, loss.detach(), bad_loss)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            window_samples += training.batch_size
+    def fit(self, *, resume: bool, progress: bool) -> dict[str, Any]:
+        """Run to ``total_steps`` from the last checkpoint (``resume``) or from scratch."""
+        runtime, training = self.runtime, self.cfg.training
+        step = 0
+        if resume and self.checkpoint_path.exists():
+            step = self.restore()
+        elif runtime.is_main:
+            self.start_run_dir()
+        self.wrap()
+        pin = runtime.device.type == "cuda"
+        last_loss, reading = float("nan"), {}
+        every = training.monitor_every_steps
+        with contextlib.ExitStack() as stack:
+            log = TrainLog(
+                stack, self.run_dir / LOG if runtime.is_main else None,
+                total_steps=self.total_steps, step=step, desc=f"pretrain {self.cfg.name}",
+                progress=progress and runtime.is_main,
+            )  # fmt: skip
+            # One batch ahead on a worker thread: gathering rows and pinning overlap the GPU step.
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            ahead = _Prefetch(pool, self.source, pin, self.total_steps)
+            stack.callback(ahead.cancel)
+            ahead.submit(step)
+            self.train_model.train()
+            if every and step == 0:
+                reading = self.observe(log, 0)
+            while step < self.total_steps:
+                wait_start = time.perf_counter()
+                batch = ahead.take(step).to(runtime.device, non_blocking=True)
+                log.waited(time.perf_counter() - wait_start)
+                loss = self.step(batch, step)
+                step += 1
+                log_now = step % training.log_every_steps == 0 or step == self.total_steps
+                save_now = step % training.checkpoint_every_steps == 0 or step == self.total_steps
+                if log_now or save_now:
+                    self.guard.check(self.checkpoint_path)
+                log.stepped(training.batch_size)
+                if log_now:
+                    last_loss = self.log(log, step, loss)
+                if every and (step % every == 0 or step == self.total_steps):
+                    reading = self.observe(log, step)
+                if runtime.is_main and save_now:
+                    self.save(step)
+        return {"model": _unwrap(self.model), "step": step, "loss": last_loss, "monitor": reading}
 
-            log_now = step % training.log_every_steps == 0 or step == total_steps
-            save_now = step % training.checkpoint_every_steps == 0 or step == total_steps
-            if (log_now or save_now) and first_bad.item() >= 0:
-                raise MedzooError(
-                    f"loss became {bad_loss.item()} at step {first_bad.item()}; the last good "
-                    f"checkpoint is kept in {run_dir / CHECKPOINT}: lower optim.lr or use "
-                    "training.precision=fp32, then --resume"
-                )
-            if log_now:
-                last_loss = loss.item()
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {
-                    "step": step,
-                    "epoch": round(step / source.steps_per_epoch, 3),
-                    "loss": last_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "samples_per_s": window_samples / elapsed,
-                    "data_wait": window_wait / elapsed,
-                }
-                if log_handle is not None:
-                    log_handle.write(json.dumps(record) + "\n")
-                    log_handle.flush()
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{last_loss:.4g}",
-                        sps=f"{record['samples_per_s']:.1f}",
-                        wait=f"{100 * record['data_wait']:.0f}%",
-                    )
-                window_start, window_wait, window_samples = time.perf_counter(), 0.0, 0
-            if bar is not None:
-                bar.update(1)
-            if runtime.is_main and save_now:
-                save_checkpoint(
-                    run_dir / CHECKPOINT, model, optimizer, scheduler, scaler, step, cfg_dict
-                )
-    return {"model": _unwrap(model), "step": step, "loss": last_loss}
+
+def _augmenter(cfg: PretrainConfig, mix, mean, std):
+    """The two-view augmentation, and for a mix the part of every image (each its own preset)."""
+    from medzoo.data.augment import TwoViewAugment, resolve_augment
+
+    size = cfg.data.image_size
+    if mix:
+        from medzoo.data.mix import MixedAugment, groups_of
+
+        parts = [dataclasses.replace(cfg.augment, preset=part.preset) for part in mix]
+        augments = [TwoViewAugment(resolve_augment(a), size, mean, std) for a in parts]
+        return MixedAugment(augments), groups_of(mix)
+    augment = cfg.augment
+    if augment.preset == "auto":  # a mix benchmarked without its data: the first entry's rules
+        first = dataclasses.replace(cfg.data, domain=cfg.data.domain[0])
+        augment = resolve_preset(dataclasses.replace(cfg, data=first)).augment
+    return TwoViewAugment(resolve_augment(augment), size, mean, std), None
+
+
+def _batch_source(images, training, runtime: Runtime, mix, *, weighted: bool) -> BatchSource:
+    args = (training.batch_size, training.seed, runtime.rank, runtime.world_size)
+    if mix and weighted:
+        from medzoo.data.batches import WeightedBatchSource
+
+        return WeightedBatchSource(images, mix, *args)
+    return BatchSource(images, *args)
+
+
+class _Prefetch:
+    """The next batch, gathered (and pinned) on a worker thread while this one trains."""
+
+    def __init__(self, pool: ThreadPoolExecutor, source: BatchSource, pin: bool, total: int):
+        self.pool, self.source, self.pin, self.total = pool, source, pin, total
+        self.pending = None
+
+    def submit(self, step: int) -> None:
+        self.pending = (
+            self.pool.submit(self.source.load, step, self.pin) if step < self.total else None
+        )
+
+    def take(self, step: int) -> torch.Tensor:
+        batch = self.pending.result()
+        self.submit(step + 1)
+        return batch
+
+    def cancel(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
+
+def _dataset_ids(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    from medzoo.config import data_root as resolve_root
+    from medzoo.data.domains import resolve_domain
+    from medzoo.data.mix import entries
+
+    root = resolve_root(data_root or cfg.data.root)
+    return tuple(d for entry in entries(cfg) for d in resolve_domain(entry, root))
 
 
 def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
-    from medzoo.data.domains import resolve_domain
     from medzoo.zoo.entry import ZooEntry
     from medzoo.zoo.index import save_entry
 
@@ -369,15 +562,19 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         name=cfg.name,
         arch=cfg.model.arch,
         method="barlow-twins",
-        domain=cfg.data.domain,
-        datasets=tuple(resolve_domain(cfg.data.domain)),
+        domain=cfg.data.domain if isinstance(cfg.data.domain, str) else "+".join(cfg.data.domain),
+        datasets=tuple(state["datasets"]),
         in_chans=cfg.model.in_chans,
         input_size=(cfg.model.in_chans, size, size),
         mean=tuple(mean),
         std=tuple(std),
         num_classes=0,
         recipe=cfg_dict,
-        metrics={"pretrain/final_loss": state["loss"], "pretrain/steps": state["step"]},
+        metrics={
+            "pretrain/final_loss": state["loss"],
+            "pretrain/steps": state["step"],
+            **{f"pretrain/{k}": v for k, v in state.get("monitor", {}).items() if k != "monitor_s"},
+        },
         created=prov["created"],
         versions=prov["versions"],
         git_commit=prov["git_commit"],
@@ -387,6 +584,9 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
         "recipe.toml": dump_toml(cfg_dict),
         "provenance.json": json.dumps(prov, indent=2) + "\n",
     }
+    for name in ("mix.json", "monitor.png"):
+        if (run_dir / name).exists():
+            extra[name] = (run_dir / name).read_bytes()
     log_path = run_dir / LOG
     if log_path.exists():
         extra["train_log.jsonl"] = log_path.read_text(encoding="utf-8")

@@ -26,9 +26,12 @@ def test_synth_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["data", "info", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == [
-        "dataset", "task", "classes", "train", "val", "test", "image_size", "channels"
+        "dataset", "task", "classes", "train", "val", "test", "image_size", "channels",
+        "modality", "preset",
     ]  # fmt: skip
-    assert table[2].split() == ["crc", "tissue", "class", "9", "36", "18", "27", "16x16", "3"]
+    assert table[2].split() == [
+        "crc", "tissue", "class", "9", "36", "18", "27", "16x16", "3", "Histopathology", "histology"
+    ]  # fmt: skip
     assert table[3].split() == [
         "organs_axial",
         "organ",
@@ -39,6 +42,9 @@ def test_synth_then_info(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
         "33",
         "16x16",
         "1",
+        "Abdominal",
+        "CT",
+        "ct",
     ]
     assert main(["data", "info", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

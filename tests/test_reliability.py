@@ -201,6 +201,7 @@ def test_full_disk_during_checkpoint_keeps_the_previous_one(
     assert checkpoint["step"] == 2
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint.pt",
+        "monitor.png",  # the representation monitor's plot, written with each checkpoint
         "provenance.json",
         "recipe.toml",
         "train_log.jsonl",

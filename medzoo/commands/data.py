@@ -11,7 +11,7 @@ from medzoo.errors import MedzooError
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="MIMeta datasets: synth, fetch, info, bench",
+        help="MIMeta datasets: synth, fetch, import, info, bench",
         description="Make, download, describe and benchmark MIMeta datasets "
         "(ROOT/<id>/info.yaml, images.hdf5, task_labels/, splits/).",
     )
@@ -34,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="training images per class; val and test get a quarter and a half (default 50)",
     )  # fmt: skip
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument(
+        "--domain", default=None, metavar="MODALITY",
+        help="for ids medzoo does not know (e.g. derm): the info.yaml domain, which picks the "
+        "augmentation preset (Dermatoscopy, 'Chest X-ray', Histopathology, Fundus, ...)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--classes", type=int, default=None, help="for unknown ids: number of classes (default 4)"
+    )
+    synth.add_argument(
+        "--channels", type=int, choices=(1, 3), default=None,
+        help="for unknown ids: 1 or 3 (default: 1 for radiology, else 3)",
+    )  # fmt: skip
     synth.set_defaults(func=_synth)
 
     fetch = sub.add_parser(
@@ -52,10 +64,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetch.add_argument("--force", action="store_true", help="download even if already present")
     fetch.set_defaults(func=_fetch)
 
+    _register_import(sub)
+
     info = sub.add_parser(
         "info",
         help="table of the datasets in a root",
-        description="Datasets, tasks, classes, split sizes, image size and channels.",
+        description="Datasets, tasks, classes, split sizes, image size, channels, modality "
+        "(info.yaml domain) and the augmentation preset pre-training gives it.",
     )
     info.add_argument("root", metavar="ROOT", help="MIMeta root")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -83,8 +98,9 @@ def _synth(args: argparse.Namespace) -> int:
     from medzoo.data.synth import write_synthetic
 
     paths = write_synthetic(
-        args.out, args.datasets, size=args.size, per_class=args.per_class, seed=args.seed
-    )
+        args.out, args.datasets, size=args.size, per_class=args.per_class, seed=args.seed,
+        classes=args.classes, channels=args.channels, domain=args.domain,
+    )  # fmt: skip
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -107,9 +123,15 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from medzoo.data.domains import domain_preset
     from medzoo.data.mimeta import describe
 
     rows = describe(args.root)
+    for row in rows:  # the augmentation preset pre-training would pick (augment.preset = "auto")
+        try:
+            row["preset"] = domain_preset(row["dataset"], args.root)
+        except MedzooError:
+            row["preset"] = "none: set augment.preset"
     if not rows:
         raise MedzooError(
             f"no datasets in {args.root}; run `medzoo data synth {args.root}` or "
@@ -119,6 +141,7 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     columns = ["dataset", "task", "classes", "train", "val", "test", "image_size", "channels"]
+    columns += ["modality", "preset"]
     print(format_table(rows, columns))
     return 0
 
@@ -133,4 +156,67 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "import",
+        help="turn a class-per-folder tree of images, DICOM or NIfTI into a MIMeta dataset",
+        description="Import SRC/<class>/<files> (PNG, JPEG, TIFF, BMP; DICOM with medzoo[dicom]; "
+        "NIfTI with medzoo[nifti]) as the MIMeta dataset DATA_ROOT/ID: padded to a square, "
+        "resized, stratified seeded splits (slices of one series or volume stay together), "
+        "info.yaml recording the source, window and skipped files. Nothing is written unless "
+        "every check passes.",
+        epilog="example: medzoo data import ~/scans --id my_ct --domain CT --window abdomen",
+    )
+    parser.add_argument("src", metavar="SRC", help="folder with one subfolder per class")
+    parser.add_argument("--id", required=True, dest="dataset_id", help="dataset id to create")
+    parser.add_argument(
+        "--data-root", help="MIMeta root to write into (default: $MEDZOO_DATA or data/mimeta)"
+    )
+    parser.add_argument("--task", default="class", help="task name (default: class)")
+    parser.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
+    parser.add_argument(
+        "--channels", type=int, choices=(1, 3), default=None,
+        help="1 (luminance) or 3 (gray replicated); default: 3 if any image is in colour, else 1",
+    )  # fmt: skip
+    splits = parser.add_mutually_exclusive_group()
+    splits.add_argument(
+        "--split-ratios", default="0.7,0.1,0.2", metavar="TRAIN,VAL,TEST",
+        help="stratified, seeded split fractions (default 0.7,0.1,0.2)",
+    )  # fmt: skip
+    splits.add_argument(
+        "--splits-from", metavar="DIR",
+        help="official splits: DIR/{train,val,test}.txt listing paths relative to SRC",
+    )  # fmt: skip
+    parser.add_argument(
+        "--domain", metavar="MODALITY",
+        help="imaging modality for info.yaml (CT, MRI, 'Chest X-ray', Dermatoscopy, "
+        "Histopathology, Fundus, ...); it picks the augmentation preset",
+    )  # fmt: skip
+    parser.add_argument(
+        "--window", metavar="C,W|PRESET",
+        help="intensity window for 16-bit, float, DICOM and NIfTI data: CENTER,WIDTH, a preset "
+        "(abdomen, lung, bone, brain), or per-image-minmax",
+    )  # fmt: skip
+    parser.add_argument(
+        "--on-error", choices=("skip", "fail"), default="fail",
+        help="an unreadable file stops the import (fail, default) or is skipped and listed",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    parser.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from medzoo.config import data_root
+    from medzoo.data.importer import import_folder, parse_ratios
+
+    folder = import_folder(
+        args.src, data_root(args.data_root), args.dataset_id, task=args.task, size=args.size,
+        channels=args.channels, split_ratios=parse_ratios(args.split_ratios),
+        splits_from=args.splits_from, domain=args.domain, window=args.window,
+        on_error=args.on_error, seed=args.seed,
+    )  # fmt: skip
+    print(f"wrote {folder}")
     return 0

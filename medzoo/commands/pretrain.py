@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from medzoo.commands import add_set_option
 from medzoo.errors import MedzooError
@@ -16,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "says, and register the backbone in the zoo. Runs on CUDA with AMP and channels_last, on "
         "CPU in fp32, and on several GPUs or nodes with `torchrun --nproc_per_node N -m medzoo "
         "pretrain RECIPE`.",
-        epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10",
+        epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10. "
+        "The online monitor (kNN accuracy on val, effective rank) runs every "
+        "training.monitor_every_steps steps; readings in RUN/train_log.jsonl and RUN/monitor.png.",
     )
     parser.add_argument("recipe", help="recipe TOML file (see recipes/)")
     parser.add_argument(
@@ -39,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medzoo.config import load_pretrain_config
-    from medzoo.pretrain import pretrain
+    from medzoo.pretrain import default_run_dir, pretrain
 
     overrides = list(args.overrides)
     if args.name:
@@ -56,5 +59,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except FileNotFoundError as err:
         raise MedzooError(f"{err.filename or err}: file not found") from None
+    from medzoo.monitor import summary_line
+
+    line = summary_line(Path(args.out or default_run_dir(cfg)) / "train_log.jsonl")
+    if line:
+        print(line)
     print(f"done: {folder}")
     return 0

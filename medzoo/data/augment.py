@@ -10,6 +10,10 @@ views differ only in the blur and solarisation probabilities. Two domain presets
 - ``ct`` (organs, 1 channel): no horizontal flip (left and right organs are different classes),
   no vertical flip or rotation (anatomy has an orientation), no hue or saturation and no
   grayscale op (the images are gray); brightness/contrast jitter is the intensity jitter.
+- ``dermatology``: as ``histology`` (a skin lesion has no orientation), for colour photographs.
+- ``fundus``: colour jitter as official, but no flips or turns (laterality, vessel arcades).
+
+Which preset a dataset gets follows its modality (:func:`medzoo.data.domains.modality_preset`).
 
 A uint8 batch ``[B, C, H, W]`` (C = 1 or 3) on any device goes through one batched pass:
 
@@ -43,7 +47,7 @@ from medzoo.config import AugmentConfig
 from medzoo.data import augment_ops as ops
 from medzoo.errors import MedzooError
 
-PRESETS = ("histology", "ct")
+PRESETS = ("histology", "ct", "dermatology", "fundus")
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ _PRESET_VALUES: dict[str, AugmentParams] = {
         hue=0.0,
         grayscale_prob=0.0,
     ),
+    # dermoscopy and skin photographs: a lesion has no up or left, colour is kept official
+    "dermatology": AugmentParams(preset="dermatology", vflip_prob=0.5, rotate90=True),
+    # fundus photographs: the optic disc's side tells the left eye from the right (a label in
+    # some tasks) and the vessels arch up and down, so no flips or turns; colour jitter official
+    "fundus": AugmentParams(preset="fundus", hflip_prob=0.0, vflip_prob=0.0, rotate90=False),
 }
 
 

@@ -8,6 +8,8 @@ the processes of a host share one memory budget and one memory map.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -43,15 +45,46 @@ class BatchSource:
         epoch, within = divmod(step, self.steps_per_epoch)
         if epoch != self._perm_epoch:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm = torch.randperm(len(self.images), generator=generator)
+            self._perm = self.epoch_order(generator)
             self._perm_epoch = epoch
         start = within * self.batch_size + self.rank * self.local_batch
         # Sorted rows read faster from a memory map; order within a batch does not change the loss.
         return self._perm[start : start + self.local_batch].sort().values
 
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """The rows of one epoch, in order (a permutation of all images)."""
+        return torch.randperm(len(self.images), generator=generator)
+
     def load(self, step: int, pin: bool) -> torch.Tensor:
         batch = self.images[self.indices(step)]
         return batch.pin_memory() if pin else batch
+
+
+class WeightedBatchSource(BatchSource):
+    """Batches whose epochs draw ``weight`` of their samples from each part of a mix.
+
+    ``parts`` are :class:`medzoo.data.mix.MixPart` (``count`` images each, in load order, and a
+    normalised ``weight``); a part smaller than its share is drawn again from the start.
+    """
+
+    def __init__(self, images: torch.Tensor, parts: Sequence[Any], *args: Any, **kwargs: Any):
+        self.parts = list(parts)
+        super().__init__(images, *args, **kwargs)
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        total = len(self.images)
+        shares = [round(part.weight * total) for part in self.parts]
+        shares[-1] = total - sum(shares[:-1])
+        offset, chosen = 0, []
+        for part, share in zip(self.parts, shares):
+            repeats = -(-max(share, 0) // part.count)  # as many passes as the share needs
+            rows = torch.cat(
+                [torch.randperm(part.count, generator=generator) for _ in range(repeats)]
+            )
+            chosen.append(offset + rows[:share])
+            offset += part.count
+        order = torch.cat(chosen)
+        return order[torch.randperm(len(order), generator=generator)]
 
 
 def synthetic_images(count: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -74,6 +107,10 @@ def load_pretraining_images(
             f"data root {root} does not exist: run `medzoo data fetch` (or `medzoo data synth {root}` "
             "for synthetic data), or point --data-root / MEDZOO_DATA at your MIMeta folder"
         )
+    if not isinstance(cfg.data.domain, str):  # a multi-domain mix
+        from medzoo.data.mix import load_mix_images, plan_mix
+
+        return load_mix_images(cfg, root, plan_mix(cfg, root))
     split = load_domain(
         root,
         cfg.data.domain,

@@ -615,6 +615,7 @@ def describe(root: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 **sizes,
                 "image_size": f"{shape[1]}x{shape[2]}" if shape else "missing",
                 "channels": int(info["input_size"][0]),
+                "modality": str(info["domain"]),
                 "images": int(shape[0]) if shape else 0,
                 "synthetic": bool(info.get("synthetic", False)),
             }

@@ -13,6 +13,11 @@ image of its ``right *`` twin (x -> 1 - x, angle -> -angle) and everything else 
 symmetric in distribution, so a horizontal flip turns one class into the other: a flip
 augmentation measurably hurts, as it does on the real data.
 
+Any other dataset id (``derm``, ``my_xray``) is written from a spec, :func:`synth_spec`: a number
+of classes, channels and an ``info.yaml`` domain (modality). RGB ids reuse the tissue texture
+families (up to 9 classes), grayscale ids the axial organ shapes (up to 11 classes), so every
+synthetic dataset is learnable and flows through pre-training and evaluation like a real one.
+
 Generation is vectorised numpy, deterministic for a seed, and each dataset is written into a
 temporary folder and renamed into place, so a crash leaves no half dataset.
 """
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from medzoo.data.mimeta import KNOWN_DATASETS
+from medzoo.data.mimeta import KNOWN_DATASETS, KnownDataset
 from medzoo.errors import MedzooError
 
 SYNTHETIC_DATASETS = ("crc", "organs_axial", "organs_coronal", "organs_sagittal")
@@ -227,15 +232,67 @@ _ORIGINAL_SPLITS = {
 }
 
 
+MAX_CLASSES = {3: len(_TISSUE_SPECS), 1: 11}  # texture families (RGB), organ shapes (gray)
+
+
+def synth_spec(
+    dataset_id: str,
+    *,
+    classes: int | None = None,
+    channels: int | None = None,
+    domain: str | None = None,
+) -> KnownDataset:
+    """What to write for ``dataset_id``: the known dataset, or a generic one from the arguments.
+
+    A generic dataset needs ``domain`` (its modality, e.g. ``Dermatoscopy``, ``Chest X-ray``);
+    ``channels`` defaults to 1 for grayscale radiology and 3 otherwise, ``classes`` to 4.
+    """
+    import re
+
+    from medzoo.data.domains import modality_preset
+
+    if dataset_id in KNOWN_DATASETS:
+        return KNOWN_DATASETS[dataset_id]
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", dataset_id):
+        raise MedzooError(
+            f"dataset id {dataset_id!r} must be letters, digits, '_', '.' or '-' (no path parts)"
+        )
+    if not domain:
+        raise MedzooError(
+            f"cannot synthesise {dataset_id} without a modality: medzoo does not know it; "
+            "give the info.yaml domain with --domain "
+            "(e.g. Dermatoscopy, 'Chest X-ray', Histopathology, Fundus)"
+        )
+    channels = channels or (1 if modality_preset(domain) == "ct" else 3)
+    classes = 4 if classes is None else classes
+    if channels not in MAX_CLASSES:
+        raise MedzooError(f"--channels {channels} must be 1 or 3")
+    if not 2 <= classes <= MAX_CLASSES[channels]:
+        raise MedzooError(
+            f"--classes {classes} is out of range for {channels}-channel synthetic data; "
+            f"use 2 to {MAX_CLASSES[channels]}"
+        )
+    return KnownDataset(
+        name=f"Synthetic {dataset_id}",
+        task="class",
+        class_names=tuple(f"class {i}" for i in range(classes)),
+        channels=channels,
+        domain=domain,
+        split_sizes=(0, 0, 0),
+        original_split_sizes=(0, 0, 0),
+    )
+
+
 def _original_groups(dataset_id: str) -> dict[str, tuple[str, ...]]:
     return _ORIGINAL_SPLITS["crc" if dataset_id == "crc" else "organs"]
 
 
-def _info(dataset_id: str, size: int, counts: dict[str, int]) -> dict[str, Any]:
+def _info(
+    dataset_id: str, size: int, counts: dict[str, int], known: KnownDataset
+) -> dict[str, Any]:
     """An info.yaml with the keys of the published MedIMeta v1.0 files, marked synthetic."""
-    known = KNOWN_DATASETS[dataset_id]
     overlaps = [d for d in SYNTHETIC_DATASETS if d.startswith("organs_") and d != dataset_id]
-    if dataset_id == "crc":
+    if not dataset_id.startswith("organs_"):
         overlaps = []
     return {
         "id": dataset_id,
@@ -271,11 +328,12 @@ def _write_split(path: Path, rows: np.ndarray) -> None:
     path.write_text("\n".join(f"images/{row:06d}.tiff" for row in rows), encoding="utf-8")
 
 
-def _write_dataset(folder: Path, dataset_id: str, size: int, per_class: int, seed: int) -> None:
+def _write_dataset(
+    folder: Path, dataset_id: str, size: int, per_class: int, seed: int, known: KnownDataset
+) -> None:
     import h5py
     import yaml
 
-    known = KNOWN_DATASETS[dataset_id]
     rng = np.random.default_rng([seed, zlib.crc32(dataset_id.encode())])
     per_split = split_counts(per_class)
     num_classes = len(known.class_names)
@@ -297,7 +355,8 @@ def _write_dataset(folder: Path, dataset_id: str, size: int, per_class: int, see
             if known.channels == 3:
                 images[start : start + len(rows)] = _tissue_images(rows, size, rng)
             else:
-                images[start : start + len(rows)] = _organ_images(rows, size, rng, dataset_id)
+                layout = dataset_id if dataset_id in _LAYOUTS else "organs_axial"
+                images[start : start + len(rows)] = _organ_images(rows, size, rng, layout)
 
     (folder / "task_labels").mkdir()
     np.save(folder / "task_labels" / f"{known.task}.npy", labels)
@@ -320,7 +379,7 @@ def _write_dataset(folder: Path, dataset_id: str, size: int, per_class: int, see
     ]
     (folder / "annotations.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     counts = {name: num_classes * k for name, k in per_split.items()}
-    info = _info(dataset_id, size, counts)
+    info = _info(dataset_id, size, counts, known)
     (folder / "info.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
 
 
@@ -361,24 +420,30 @@ def write_synthetic(
     size: int = 224,
     per_class: int = 50,
     seed: int = 0,
+    classes: int | None = None,
+    channels: int | None = None,
+    domain: str | None = None,
 ) -> list[Path]:
     """Write synthetic MIMeta datasets under ``out``; returns their folders.
 
     Args:
         out: the MIMeta root to write into (created if needed).
         datasets: ids among ``crc``, ``organs_axial``, ``organs_coronal``, ``organs_sagittal``
-            (default: all four).
+            (default: all four), or any other id described by ``classes``, ``channels`` and
+            ``domain`` (see :func:`synth_spec`).
         size: image height and width in pixels.
         per_class: training images per class; val gets ``max(2, per_class // 4)`` and test
             ``max(3, per_class // 2)`` per class.
         seed: the same seed writes the same bytes.
+        classes, channels, domain: the spec of ids medzoo does not know.
     """
     ids = list(SYNTHETIC_DATASETS if datasets is None else dict.fromkeys(datasets))
-    unknown = [d for d in ids if d not in SYNTHETIC_DATASETS]
-    if unknown:
-        raise MedzooError(
-            f"cannot synthesise {', '.join(unknown)}; choose from {', '.join(SYNTHETIC_DATASETS)}"
-        )
+    specs = {
+        d: synth_spec(d, classes=classes, channels=channels, domain=domain)
+        if d not in SYNTHETIC_DATASETS
+        else KNOWN_DATASETS[d]
+        for d in ids
+    }
     if not ids:
         raise MedzooError(f"no dataset given; choose from {', '.join(SYNTHETIC_DATASETS)}")
     if not 8 <= int(size) <= 1024:
@@ -395,7 +460,7 @@ def write_synthetic(
     for dataset_id in ids:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_id}.tmp-", dir=root))
         try:
-            _write_dataset(tmp, dataset_id, int(size), int(per_class), int(seed))
+            _write_dataset(tmp, dataset_id, int(size), int(per_class), int(seed), specs[dataset_id])
             tmp.chmod(0o755)  # mkdtemp makes 0700 folders; a dataset is meant to be shared
             _replace_dir(tmp, root / dataset_id)
         finally:
