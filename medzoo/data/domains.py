@@ -157,7 +157,7 @@ def load_subset(
 
     from medzoo.data.fractions import label_fraction_indices
 
-    plan = _plan(_check_root(root), dataset_id, split, None)
+    plan = plan_read(check_root(root), dataset_id, split, None)
     if len(plan.rows) == 0:
         raise MedzooError(f"split '{split}' of {dataset_id} is empty")
     fraction = min(1.0, max(count, 1) / len(plan.rows))
