@@ -88,7 +88,7 @@ def run_demo(
     )
     entry_folder = steps.run(
         f"Barlow Twins pre-training of {cfg.name} ({cfg.training.epochs} epochs, CPU)",
-        lambda: pretrain(cfg, data_root=data, out=out / "pretrain"),
+        lambda: pretrain(cfg, data_root=data, out=out / "pretrain", overwrite=True),
     )
     run_dir = steps.run(
         "evaluation: linear probe and short fine-tune vs random init over label fractions and seeds",

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medzoo.config import PretrainConfig, default_mean_std, dump_toml, to_dict
+from medzoo.config import PretrainConfig, default_mean_std, dump_toml, medzoo_home, to_dict
 from medzoo.data.batches import (
     BatchSource,
     load_images_per_rank,
@@ -112,19 +112,76 @@ def save_checkpoint(
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-    except OSError as err:  # e.g. ENOSPC: atomic_path has removed the partial file
+    except (OSError, RuntimeError) as err:
+        # On a full disk torch.save's zip writer raises RuntimeError ("unexpected pos"), not
+        # OSError; atomic_path has removed the partial file either way.
+        if isinstance(err, RuntimeError) and not _is_write_failure(err, path):
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "write failed"
+        if isinstance(err, RuntimeError):
+            reason = "the disk is full or failing (the checkpoint writer stopped mid-file)"
         raise MedzooError(
-            f"could not write checkpoint {path} at step {step} ({err.strerror or err}); the previous "
+            f"could not write checkpoint {path} at step {step} ({reason}); the previous "
             "checkpoint is intact: free space, then rerun with --resume"
         ) from None
 
 
+def _is_write_failure(err: RuntimeError, path: Path) -> bool:
+    """torch.save's RuntimeErrors that mean the file could not be written (full disk, I/O)."""
+    text = str(err)
+    if any(
+        k in text
+        for k in ("unexpected pos", "file write failed", "PytorchStreamWriter", "iostream error")
+    ):
+        return True
+    try:  # the disk really is full: say so rather than guess from the message
+        stat = os.statvfs(path.parent)
+        return stat.f_bavail * stat.f_frsize < 64 * 2**20
+    except OSError:
+        return True
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "recipe", "rng_cpu")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`; anything else is one line, not a crash."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise MedzooError(
             f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to start over"
+        ) from None
+    problem = None
+    if not isinstance(ckpt, dict):
+        problem = f"it holds a {type(ckpt).__name__}, not a medzoo checkpoint"
+    elif missing := [k for k in CHECKPOINT_KEYS if k not in ckpt]:
+        problem = f"it lacks {', '.join(missing)}: not a medzoo pre-training checkpoint"
+    elif not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
+        problem = f"its step {ckpt['step']!r} is not a non-negative integer"
+    elif not isinstance(ckpt["recipe"], str) or not isinstance(ckpt["rng_cpu"], torch.Tensor):
+        problem = "its recipe or random state is malformed"
+    if problem is None:
+        try:
+            json.loads(ckpt["recipe"])
+        except ValueError:
+            problem = "its recipe is not JSON"
+    if problem is not None:
+        raise MedzooError(
+            f"checkpoint {path} is damaged or foreign ({problem}): delete it to start over"
+        )
+    return ckpt
+
+
+def _restore(what: str, path: Path, load: Any, state: Any) -> None:
+    """``load(state)``; a state that does not fit this recipe's model is one line."""
+    try:
+        load(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedzooError(
+            f"checkpoint {path}: the {what} state does not fit this recipe ({first[:200]}): "
+            "resume with the recipe that made it, or delete it to start over"
         ) from None
 
 
@@ -135,11 +192,29 @@ def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    kept = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MedzooError(
+            f"the training log {path} cannot be read ({type(err).__name__})"
+        ) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record_step = json.loads(line)["step"]
+            if not isinstance(record_step, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):  # a line cut short by the kill that ended the run: drop it
+                continue
+            raise MedzooError(
+                f"the training log {path} is damaged at line {number} (not a JSON record with a "
+                "step): fix or remove that line, then --resume"
+            ) from None
+        if record_step <= step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -161,12 +236,16 @@ def pretrain(
     register: bool = True,
     images: torch.Tensor | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Pre-train ``cfg`` and return the zoo entry folder (or the run folder if not registering).
 
-    ``images`` (uint8 [N, C, H, W]) bypasses the data root (benchmarks, tests).
+    ``images`` (uint8 [N, C, H, W]) bypasses the data root (benchmarks, tests). Registering a
+    name that already holds weights needs ``overwrite``; that, the run folder and the zoo are
+    checked before any training starts.
     """
-    from medzoo.zoo.index import validate_name
+    from medzoo.provenance import ensure_writable_dir
+    from medzoo.zoo.index import check_can_register, read_registry, validate_name
 
     validate_name(cfg.name)
     run_dir = Path(out) if out is not None else default_run_dir(cfg)
@@ -176,6 +255,17 @@ def pretrain(
         raise MedzooError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
+    if resume and not checkpoint_path.is_file():
+        raise MedzooError(
+            f"--resume: {run_dir} holds no checkpoint ({CHECKPOINT}) to continue; drop --resume "
+            "to start a new run there"
+        )
+    ensure_writable_dir(run_dir, what="the run folder")
+    if register:
+        read_registry()  # an unreadable registry stops the run now, not after training
+        ensure_writable_dir(medzoo_home(), what="the zoo (MEDZOO_HOME)")
+        if not overwrite:
+            check_can_register(cfg.name)
     runtime = make_runtime(cfg)
     if images is None:
         images = load_images_per_rank(cfg, data_root, runtime)
@@ -186,7 +276,7 @@ def pretrain(
         dist.barrier()
     if not runtime.is_main or not register:
         return run_dir
-    return _register(cfg, cfg_dict, state, run_dir)
+    return _register(cfg, cfg_dict, state, run_dir, overwrite=overwrite)
 
 
 def _train(
@@ -223,12 +313,13 @@ def _train(
             raise MedzooError(
                 f"{run_dir / CHECKPOINT} was made with another recipe: resume with the same recipe and --set values"
             )
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
+        checkpoint = run_dir / CHECKPOINT
+        _restore("model", checkpoint, model.load_state_dict, ckpt["model"])
+        _restore("optimizer", checkpoint, optimizer.load_state_dict, ckpt["optimizer"])
+        _restore("scheduler", checkpoint, scheduler.load_state_dict, ckpt["scheduler"])
         if scaler is not None and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
+            _restore("scaler", checkpoint, scaler.load_state_dict, ckpt["scaler"])
+        _restore("random", checkpoint, torch.set_rng_state, ckpt["rng_cpu"])
         step = int(ckpt["step"])
         if runtime.is_main:
             _truncate_log(run_dir / LOG, step)
@@ -356,7 +447,9 @@ def _train(
     return {"model": _unwrap(model), "step": step, "loss": last_loss}
 
 
-def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
+def _register(
+    cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path, *, overwrite: bool = False
+) -> Path:
     from medzoo.data.domains import resolve_domain
     from medzoo.zoo.entry import ZooEntry
     from medzoo.zoo.index import save_entry
@@ -390,7 +483,7 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
     log_path = run_dir / LOG
     if log_path.exists():
         extra["train_log.jsonl"] = log_path.read_text(encoding="utf-8")
-    return save_entry(entry, state_dict, extra_files=extra)
+    return save_entry(entry, state_dict, extra_files=extra, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- benchmark
