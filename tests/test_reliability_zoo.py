@@ -306,3 +306,14 @@ def test_sigkill_loop_during_registration_always_leaves_a_loadable_entry(states)
         assert _models() == [NAME]
         _loads_with_registered_sha()
     assert kills >= 20
+
+
+def test_recovery_inside_a_held_lock_does_not_deadlock() -> None:
+    """update_entry of a catalog name asks model_info (which recovers) while holding the lock."""
+    leftover = _home() / "models" / ".other.new-1"
+    leftover.mkdir(parents=True)
+    start = time.monotonic()
+    index.update_metrics("random-r18", {"crc": {"probe": {"accuracy": 0.5}}})
+    assert time.monotonic() - start < 30  # not the lock's 120 s timeout
+    assert not leftover.exists()
+    assert medzoo.model_info("random-r18").metrics["crc"]["probe"]["accuracy"] == 0.5

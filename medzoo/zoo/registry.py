@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,21 @@ def read_registry() -> dict[str, dict[str, Any]]:
     return models
 
 
+_HELD = threading.local()  # how deep this thread is inside registry_lock()
+
+
 @contextlib.contextmanager
 def registry_lock() -> Iterator[None]:
+    """The registry's file lock; re-entrant within a thread (a nested call does not deadlock)."""
     from filelock import FileLock
 
+    if getattr(_HELD, "depth", 0):
+        _HELD.depth += 1
+        try:
+            yield
+        finally:
+            _HELD.depth -= 1
+        return
     path = _registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock", timeout=120)
@@ -85,9 +97,11 @@ def registry_lock() -> Iterator[None]:
             f"the zoo registry {path} stayed locked by another process for 2 minutes; "
             "wait for it to finish and try again"
         ) from None
+    _HELD.depth = 1
     try:
         yield
     finally:
+        _HELD.depth = 0
         lock.release()
 
 
