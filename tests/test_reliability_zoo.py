@@ -317,3 +317,23 @@ def test_recovery_inside_a_held_lock_does_not_deadlock() -> None:
     assert time.monotonic() - start < 30  # not the lock's 120 s timeout
     assert not leftover.exists()
     assert medzoo.model_info("random-r18").metrics["crc"]["probe"]["accuracy"] == 0.5
+
+
+def test_a_nested_lookup_during_registration_keeps_the_new_folder(states) -> None:
+    """A classifier's card asks model_info(base_model) while its own .new- folder exists: that
+    folder is not a leftover and must survive, and the lookup must not wait out the lock."""
+    import timm
+
+    a, _ = states
+    index.save_entry(_entry(), a)
+    classifier = ZooEntry(
+        name="tiny-bt-organ", method="linear-probe", base_model=NAME, num_classes=3,
+        in_chans=1, domain="liver", input_size=(1, 32, 32),
+    )  # fmt: skip
+    torch.manual_seed(1)
+    state = timm.create_model("resnet18", num_classes=3, in_chans=1).state_dict()
+    start = time.monotonic()
+    index.save_entry(classifier, state)
+    assert time.monotonic() - start < 30
+    assert _models() == [NAME, "tiny-bt-organ"]
+    medzoo.load("tiny-bt-organ")

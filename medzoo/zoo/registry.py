@@ -258,13 +258,15 @@ def recover() -> list[str]:
     leftover is removed. Leftovers of a name the registry does not hold are removed, except an
     aside folder when ``models/NAME`` itself is missing (it is put back).
     """
+    if getattr(_HELD, "depth", 0):
+        return []  # this thread holds the lock mid-transaction: its own folders are not leftovers
     if not _leftovers() and not _registry_temporaries():
         return []
     try:
         with registry_lock():
             return recover_locked()
-    except MedzooError:
-        return []  # the lock or registry problem is reported by the command that needs it
+    except (MedzooError, OSError):
+        return []  # a lock, registry or read-only problem is reported by the command that needs it
 
 
 def recover_locked() -> list[str]:
