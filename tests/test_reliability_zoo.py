@@ -106,17 +106,18 @@ def test_a_failed_registry_write_keeps_the_old_entry(states, monkeypatch) -> Non
 # --------------------------------------------------------------------------- recovery
 
 
-def _snapshot_states(states) -> dict[str, Path]:
-    """Folder and registry copies of weights A and B, to rebuild any half-state from."""
+@pytest.fixture(scope="module")
+def snaps(states, tmp_path_factory) -> dict[str, Path]:
+    """Folder and registry copies of weights A and B, to rebuild any half-state from (made once
+    in a home of their own, so each kill point only copies files)."""
     a, b = states
-    keep = _home().parent / "snapshots"
-    keep.mkdir()
-    for label, state in (("a", a), ("b", b)):
-        folder = index.save_entry(_entry(), state)
-        shutil.copytree(folder, keep / label)
-        shutil.copy(_home() / "registry.json", keep / f"registry-{label}.json")
-    shutil.rmtree(_home() / "models")
-    (_home() / "registry.json").unlink()
+    keep = tmp_path_factory.mktemp("snapshots")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MEDZOO_HOME", str(keep / "home"))
+        for label, state in (("a", a), ("b", b)):
+            folder = index.save_entry(_entry(), state)
+            shutil.copytree(folder, keep / label)
+            shutil.copy(keep / "home" / "registry.json", keep / f"registry-{label}.json")
     return {"a": keep / "a", "b": keep / "b", "reg-a": keep / "registry-a.json",
             "reg-b": keep / "registry-b.json"}  # fmt: skip
 
@@ -135,8 +136,7 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_every_kill_point_recovers_to_a_registered_entry(states, point) -> None:
-    snaps = _snapshot_states(states)
+def test_every_kill_point_recovers_to_a_registered_entry(snaps, point) -> None:
     reg, current, leftovers, expected = KILL_POINTS[point]
     models = _home() / "models"
     models.mkdir(parents=True)
