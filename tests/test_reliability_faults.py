@@ -433,3 +433,13 @@ def test_resume_refuses_missing_foreign_and_damaged_state(synth_root, tmp_path, 
     # a longer max_steps is another recipe: resume refuses it, in one line
     assert "another recipe" in _one_line(capsys)
     assert main(_run_args(synth_root, run, "--resume")) == 0
+
+
+def test_a_full_disk_during_an_export_is_one_line_and_leaves_nothing(
+    backbone_entry, tmp_path, capsys
+) -> None:
+    with tmpfs(tmp_path / "full", "8m") as mnt:  # a ResNet-18 graph is ~45 MB
+        code = main(["export", backbone_entry, "--out", str(mnt / "exp")])
+        err = _one_line(capsys)
+        assert code == 2 and "full" in err, err
+        assert list(mnt.iterdir()) == []  # no temporary folder, no half export

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from medzoo.errors import MedzooError
+from medzoo.errors import DISK_ERRNOS, MedzooError, disk_error
 
 # parity and int8 were split out of this module; their public names stay importable from here
 from medzoo.export.int8 import INT8_OPS as INT8_OPS
@@ -204,8 +204,22 @@ def _torch_export(module: Any, example: Any, path: Path, opset: int) -> None:
                 optimize=True,
             )
     except Exception as err:  # the exporter's errors are long; keep the first line
+        disk = _disk_cause(err)
+        if disk is not None:  # a full or read-only disk, not the opset
+            raise disk_error(disk, f"writing the ONNX export {path.name}") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MedzooError(f"torch.onnx.export failed: {first}; try --opset {MIN_OPSET}") from err
+
+
+def _disk_cause(err: BaseException) -> OSError | None:
+    """The disk OSError behind an exporter error (the exporter wraps it), or None."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 # --------------------------------------------------------------------------- fp16
