@@ -3,7 +3,9 @@
 Each command group lives in ``medzoo/commands/<group>.py`` with a ``register(subparsers)``
 function that adds its subcommands and sets ``func`` to a handler taking the parsed args. The
 handlers only choose and call library functions. A :class:`~medzoo.errors.MedzooError` becomes
-one line on stderr and exit status 2.
+one line on stderr and exit status 2; so do the error families a user or a disk can cause
+(:func:`medzoo.errors.user_error`: disk errors by errno, damaged images, HDF5 files, non-UTF-8
+text). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import importlib
 import sys
 
 from medzoo import __version__
-from medzoo.errors import MedzooError
+from medzoo.errors import MedzooError, user_error
 
 COMMAND_MODULES = ("demo", "data", "pretrain", "evaluate", "zoo", "export", "bench")
 
@@ -38,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except MedzooError as err:
         print(f"medzoo: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"medzoo: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medzoo: interrupted", file=sys.stderr)

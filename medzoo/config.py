@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import re
 import sys
 import types
 import typing
@@ -227,6 +229,102 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         )
     if not cfg.model.projector_dims:
         raise MedzooError("model.projector_dims must name at least one layer width")
+    check_pretrain_values(cfg)
+
+
+# --------------------------------------------------------------------------- value validation
+#
+# The schema says what type a value has; these say which values make sense, so that an impossible
+# value (zero, negative, NaN, an unknown device, a pair out of order) stops the command when the
+# recipe is loaded, before anything is written or any tensor is made.
+
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
+MAX_SEED = 2**31 - 1  # the augmentation generator is seeded from (seed, step, rank)
+
+
+def check_finite(obj: Any, where: str = "") -> None:
+    """Every float in a (nested) config dataclass is finite; the first that is not is one line."""
+    if dataclasses.is_dataclass(obj):
+        prefix = f"{where}." if where else ""
+        for f in dataclasses.fields(obj):
+            check_finite(getattr(obj, f.name), prefix + _field_key(f))
+        return
+    values = obj if isinstance(obj, (tuple, list)) else (obj,)
+    for value in values:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MedzooError(f"{where} = {value} must be a finite number")
+
+
+def _range(key: str, value: Any, low: float | None, high: float | None, *, open_low=False) -> None:
+    if value is None:
+        return
+    bad_low = low is not None and (value <= low if open_low else value < low)
+    bad_high = high is not None and value > high
+    if bad_low or bad_high:
+        lo = "" if low is None else f"{'>' if open_low else '>='} {low}"
+        hi = "" if high is None else f"<= {high}"
+        raise MedzooError(f"{key} = {value} must be {' and '.join(p for p in (lo, hi) if p)}")
+
+
+def _pair(key: str, pair: tuple[float, float] | None, low: float, high: float | None) -> None:
+    if pair is None:
+        return
+    if len(pair) != 2:
+        raise MedzooError(f"{key} = {list(pair)} must be a pair [a, b]")
+    for value in pair:
+        _range(key, value, low, high)
+
+
+def _ordered(key: str, pair: tuple[float, float] | None) -> None:
+    if pair is not None and len(pair) == 2 and pair[0] > pair[1]:
+        raise MedzooError(f"{key} = {list(pair)} must be ordered [low, high]")
+
+
+def check_device(key: str, device: str) -> None:
+    if not DEVICE_RE.match(device):
+        raise MedzooError(f"{key} = {device!r} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def check_pretrain_values(cfg: PretrainConfig) -> None:
+    """Range and meaning of every pre-training value (see the comment above)."""
+    check_finite(cfg)
+    training, optim, data, model, aug = cfg.training, cfg.optim, cfg.data, cfg.model, cfg.augment
+    check_device("training.device", training.device)
+    _range("training.epochs", training.epochs, 1, None)
+    _range("training.max_steps", training.max_steps, 1, None)
+    _range("training.log_every_steps", training.log_every_steps, 1, None)
+    _range("training.checkpoint_every_steps", training.checkpoint_every_steps, 1, None)
+    _range("training.seed", training.seed, 0, MAX_SEED)
+    _range("training.batch_size", training.batch_size, 2, 2**20)
+    _range("data.image_size", data.image_size, 16, 4096)
+    _range("data.memory_budget_gb", data.memory_budget_gb, 0, None)
+    if data.channels not in (1, 3) or model.in_chans not in (1, 3):
+        raise MedzooError("data.channels and model.in_chans must be 1 (grayscale) or 3 (RGB)")
+    for width in model.projector_dims:
+        _range("model.projector_dims entry", width, 1, 2**16)
+    _range("loss.lambda", cfg.loss.lambda_offdiag, 0, None)
+    _range("optim.lr", optim.lr, 0, 10, open_low=True)
+    _range("optim.bias_lr", optim.bias_lr, 0, 10, open_low=True)
+    _range("optim.weight_decay", optim.weight_decay, 0, 1)
+    _range("optim.momentum", optim.momentum, 0, 1)
+    if optim.momentum == 1:
+        raise MedzooError("optim.momentum = 1 never forgets a gradient: use a value below 1")
+    _range("optim.warmup_epochs", optim.warmup_epochs, 0, None)
+    _range("optim.min_lr_ratio", optim.min_lr_ratio, 0, 1)
+    _range("optim.lars_trust_coeff", optim.lars_trust_coeff, 0, None, open_low=True)
+    _pair("augment.crop_scale", aug.crop_scale, 0, 1)
+    _ordered("augment.crop_scale", aug.crop_scale)
+    if aug.crop_scale is not None and aug.crop_scale[0] == 0:
+        raise MedzooError("augment.crop_scale must start above 0 (a crop of no pixels)")
+    for key in ("hflip_prob", "vflip_prob", "color_jitter_prob", "grayscale_prob"):
+        _range(f"augment.{key}", getattr(aug, key), 0, 1)
+    for key in ("brightness", "contrast", "saturation"):
+        _range(f"augment.{key}", getattr(aug, key), 0, None)
+    _range("augment.hue", aug.hue, 0, 0.5)
+    _pair("augment.blur_prob", aug.blur_prob, 0, 1)
+    _pair("augment.solarize_prob", aug.solarize_prob, 0, 1)
+    _pair("augment.blur_sigma", aug.blur_sigma, 0, None)
+    _ordered("augment.blur_sigma", aug.blur_sigma)
 
 
 # --------------------------------------------------------------------------- generic loading
@@ -354,6 +452,12 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as err:
         raise MedzooError(f"recipe {path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError as err:  # tomllib decodes UTF-8 itself
+        raise MedzooError(
+            f"recipe {path} is not UTF-8 text (byte {err.start}): save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise MedzooError(f"recipe {path} cannot be read: {err.strerror or err}") from None
 
 
 def load_recipe(
@@ -362,7 +466,9 @@ def load_recipe(
     """Load a recipe file into ``cls`` after applying ``--set`` overrides."""
     raw = apply_overrides(load_toml(path), overrides)
     try:
-        return from_dict(cls, raw)
+        cfg = from_dict(cls, raw)
+        check_finite(cfg)  # every recipe kind, not only pre-training
+        return cfg
     except MedzooError as err:
         raise MedzooError(f"{path}: {err}") from None
 

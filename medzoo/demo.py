@@ -88,7 +88,7 @@ def run_demo(
     )
     entry_folder = steps.run(
         f"Barlow Twins pre-training of {cfg.name} ({cfg.training.epochs} epochs, CPU)",
-        lambda: pretrain(cfg, data_root=data, out=out / "pretrain"),
+        lambda: pretrain(cfg, data_root=data, out=out / "pretrain", overwrite=True),
     )
     from medzoo.monitor import summary_line
 

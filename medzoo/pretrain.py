@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medzoo.config import PretrainConfig, default_mean_std, dump_toml, to_dict
+from medzoo.config import PretrainConfig, default_mean_std, dump_toml, medzoo_home, to_dict
 from medzoo.data.batches import (
     BatchSource,
     load_images_per_rank,
@@ -114,19 +114,76 @@ def save_checkpoint(
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-    except OSError as err:  # e.g. ENOSPC: atomic_path has removed the partial file
+    except (OSError, RuntimeError) as err:
+        # On a full disk torch.save's zip writer raises RuntimeError ("unexpected pos"), not
+        # OSError; atomic_path has removed the partial file either way.
+        if isinstance(err, RuntimeError) and not _is_write_failure(err, path):
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "write failed"
+        if isinstance(err, RuntimeError):
+            reason = "the disk is full or failing (the checkpoint writer stopped mid-file)"
         raise MedzooError(
-            f"could not write checkpoint {path} at step {step} ({err.strerror or err}); the previous "
+            f"could not write checkpoint {path} at step {step} ({reason}); the previous "
             "checkpoint is intact: free space, then rerun with --resume"
         ) from None
 
 
+def _is_write_failure(err: RuntimeError, path: Path) -> bool:
+    """torch.save's RuntimeErrors that mean the file could not be written (full disk, I/O)."""
+    text = str(err)
+    if any(
+        k in text
+        for k in ("unexpected pos", "file write failed", "PytorchStreamWriter", "iostream error")
+    ):
+        return True
+    try:  # the disk really is full: say so rather than guess from the message
+        stat = os.statvfs(path.parent)
+        return stat.f_bavail * stat.f_frsize < 64 * 2**20
+    except OSError:
+        return True
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "recipe", "rng_cpu")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint`; anything else is one line, not a crash."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file
         raise MedzooError(
             f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to start over"
+        ) from None
+    problem = None
+    if not isinstance(ckpt, dict):
+        problem = f"it holds a {type(ckpt).__name__}, not a medzoo checkpoint"
+    elif missing := [k for k in CHECKPOINT_KEYS if k not in ckpt]:
+        problem = f"it lacks {', '.join(missing)}: not a medzoo pre-training checkpoint"
+    elif not isinstance(ckpt["step"], int) or ckpt["step"] < 0:
+        problem = f"its step {ckpt['step']!r} is not a non-negative integer"
+    elif not isinstance(ckpt["recipe"], str) or not isinstance(ckpt["rng_cpu"], torch.Tensor):
+        problem = "its recipe or random state is malformed"
+    if problem is None:
+        try:
+            json.loads(ckpt["recipe"])
+        except ValueError:
+            problem = "its recipe is not JSON"
+    if problem is not None:
+        raise MedzooError(
+            f"checkpoint {path} is damaged or foreign ({problem}): delete it to start over"
+        )
+    return ckpt
+
+
+def _restore(what: str, path: Path, load: Any, state: Any) -> None:
+    """``load(state)``; a state that does not fit this recipe's model is one line."""
+    try:
+        load(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedzooError(
+            f"checkpoint {path}: the {what} state does not fit this recipe ({first[:200]}): "
+            "resume with the recipe that made it, or delete it to start over"
         ) from None
 
 
@@ -164,12 +221,16 @@ def pretrain(
     register: bool = True,
     images: torch.Tensor | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Pre-train ``cfg`` and return the zoo entry folder (or the run folder if not registering).
 
-    ``images`` (uint8 [N, C, H, W]) bypasses the data root (benchmarks, tests).
+    ``images`` (uint8 [N, C, H, W]) bypasses the data root (benchmarks, tests). Registering a
+    name that already holds weights needs ``overwrite``; that, the run folder and the zoo are
+    checked before any training starts.
     """
-    from medzoo.zoo.index import validate_name
+    from medzoo.provenance import ensure_writable_dir
+    from medzoo.zoo.index import check_can_register, read_registry, validate_name
 
     validate_name(cfg.name)
     cfg = resolve_preset(cfg, data_root)
@@ -180,6 +241,17 @@ def pretrain(
         raise MedzooError(
             f"{run_dir} already holds a run: add --resume to continue it, or choose another --out"
         )
+    if resume and not checkpoint_path.is_file():
+        raise MedzooError(
+            f"--resume: {run_dir} holds no checkpoint ({CHECKPOINT}) to continue; drop --resume "
+            "to start a new run there"
+        )
+    ensure_writable_dir(run_dir, what="the run folder")
+    if register:
+        read_registry()  # an unreadable registry stops the run now, not after training
+        ensure_writable_dir(medzoo_home(), what="the zoo (MEDZOO_HOME)")
+        if not overwrite:
+            check_can_register(cfg.name)
     mix = None
     if not isinstance(cfg.data.domain, str):  # a multi-domain mix: planned from metadata first
         from medzoo.config import data_root as resolve_root
@@ -203,7 +275,7 @@ def pretrain(
         dist.barrier()
     if not runtime.is_main or not register:
         return run_dir
-    return _register(cfg, cfg_dict, state, run_dir)
+    return _register(cfg, cfg_dict, state, run_dir, overwrite=overwrite)
 
 
 def _monitor_data(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None):
@@ -345,12 +417,13 @@ class Trainer:
             raise MedzooError(
                 f"{self.checkpoint_path} was made with another recipe: resume with the same recipe and --set values"
             )
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        checkpoint = self.checkpoint_path
+        _restore("model", checkpoint, self.model.load_state_dict, ckpt["model"])
+        _restore("optimizer", checkpoint, self.optimizer.load_state_dict, ckpt["optimizer"])
+        _restore("scheduler", checkpoint, self.scheduler.load_state_dict, ckpt["scheduler"])
         if self.scaler is not None and ckpt["scaler"]:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng_cpu"])
+            _restore("scaler", checkpoint, self.scaler.load_state_dict, ckpt["scaler"])
+        _restore("random", checkpoint, torch.set_rng_state, ckpt["rng_cpu"])
         step = int(ckpt["step"])
         if self.runtime.is_main:
             truncate_log(self.run_dir / LOG, step)
@@ -550,7 +623,9 @@ def _dataset_ids(cfg: PretrainConfig, data_root: str | os.PathLike[str] | None) 
     return tuple(d for entry in entries(cfg) for d in resolve_domain(entry, root))
 
 
-def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -> Path:
+def _register(
+    cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path, *, overwrite: bool = False
+) -> Path:
     from medzoo.zoo.entry import ZooEntry
     from medzoo.zoo.index import save_entry
 
@@ -590,7 +665,7 @@ def _register(cfg: PretrainConfig, cfg_dict: dict, state: dict, run_dir: Path) -
     log_path = run_dir / LOG
     if log_path.exists():
         extra["train_log.jsonl"] = log_path.read_text(encoding="utf-8")
-    return save_entry(entry, state_dict, extra_files=extra)
+    return save_entry(entry, state_dict, extra_files=extra, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------- benchmark

@@ -18,6 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from medzoo.errors import DISK_ERRNOS as DISK_ERRNOS
+from medzoo.errors import MedzooError
+from medzoo.errors import disk_error as disk_error
+
 
 def versions() -> dict[str, str]:
     """Versions of medzoo and of the libraries whose behaviour shapes results."""
@@ -85,8 +89,54 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             finally:
                 os.close(dir_fd)
     finally:
-        if tmp.exists():
+        with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make renames and new files in folder ``path`` durable (best effort where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_writable_dir(path: str | os.PathLike[str], *, what: str = "the output") -> None:
+    """Refuse, before any work, a folder that cannot be created or written.
+
+    ``path`` may not exist yet: then its nearest existing ancestor must be a writable folder. A
+    file where a folder is needed, a read-only file system or a folder without write permission
+    is a one-line :class:`~medzoo.errors.MedzooError`. Nothing is created.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.is_symlink() and not probe.exists():
+        raise MedzooError(f"{what} {path}: {probe} is a broken symbolic link")
+    if not probe.is_dir():
+        raise MedzooError(
+            f"{what} {path}: {probe} is a file, not a folder; choose another location"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        cause = "is on a read-only file system" if read_only else "is not writable"
+        raise MedzooError(f"{what} {path}: {probe} {cause}; choose a writable location")
+
+
+def ensure_writable_file(path: str | os.PathLike[str], *, what: str = "the output") -> None:
+    """Like :func:`ensure_writable_dir` for a file to be (re)written: not a folder, parent writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise MedzooError(f"{what} {path} is a folder; give a file path")
+    ensure_writable_dir(path.parent, what=what)
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

@@ -47,14 +47,36 @@ class NonFiniteGuard:
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    """Drop log lines written after the checkpoint a resumed run restarts from.
+
+    A last line cut short by the kill that ended the run is dropped; any other line that is not a
+    JSON record with an integer step is a damaged log, refused in one line.
+    """
     if not path.exists():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    kept = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise MedzooError(
+            f"the training log {path} cannot be read ({type(err).__name__})"
+        ) from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record_step = json.loads(line)["step"]
+            if not isinstance(record_step, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                continue
+            raise MedzooError(
+                f"the training log {path} is damaged at line {number} (not a JSON record with a "
+                "step): fix or remove that line, then --resume"
+            ) from None
+        if record_step <= step:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 

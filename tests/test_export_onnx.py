@@ -114,7 +114,9 @@ def test_backbone_export_carries_metadata_and_a_dynamic_batch(
     assert sorted(p.name for p in backbone_export.iterdir()) == [
         "export.json",
         "model.onnx",
+        "model.onnx.sha256",  # the recorded sha256 that predict and bench verify
         "model_fp16.onnx",
+        "model_fp16.onnx.sha256",
     ]
     meta = mo.read_metadata(backbone_export / "model.onnx")
     assert meta["name"] == BACKBONE and meta["sha256"] == entry.sha256

@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-register", action="store_true", help="train only; do not write a zoo entry"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the zoo entry of the same name if it exists (checked before training)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.set_defaults(func=run)
 
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             register=not args.no_register,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except FileNotFoundError as err:
         raise MedzooError(f"{err.filename or err}: file not found") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +56,9 @@ def _key_metrics(metrics: dict, limit: int = 2) -> str:
 def _list(args: argparse.Namespace) -> int:
     from medzoo.zoo import index
 
-    entries = [index.model_info(name) for name in index.list_models()]
+    entries, malformed = index.list_entries()
+    for name, why in sorted(malformed.items()):  # the rest of the zoo still lists
+        print(f"medzoo: warning: skipped malformed registry entry {name!r}: {why}", file=sys.stderr)
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0

@@ -36,7 +36,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from medzoo.errors import MedzooError
+from medzoo.errors import DISK_ERRNOS, MedzooError, disk_error
+from medzoo.provenance import ensure_writable_dir
 
 ZENODO_RECORD = "7884735"
 PROJECT_PAGE = "https://www.woerner.eu/projects/medimeta/"
@@ -173,6 +174,11 @@ def download(remote: RemoteFile, folder: Path) -> Path:
         else:
             raise _Unreachable(f"{remote.url}: HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
+        if not isinstance(err, urllib.error.URLError) and err.errno in DISK_ERRNOS:
+            # our side: a full or read-only disk under the .part file, not an unreachable source
+            raise disk_error(
+                err, f"downloading {remote.name} into {part} (kept to resume)"
+            ) from None
         raise _Unreachable(f"{remote.url}: {getattr(err, 'reason', err)}") from None
     if remote.size is not None and part.stat().st_size != remote.size:
         raise _Unreachable(
@@ -380,6 +386,7 @@ def fetch_datasets(
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise MedzooError(f"--root {root} is a file; give a folder")
+    ensure_writable_dir(root, what="the data root")
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     try:

@@ -455,16 +455,28 @@ def write_synthetic(
         raise MedzooError(f"{root} is a file; give a folder for the synthetic datasets")
     for dataset_id in ids:
         _check_overwrite(root / dataset_id)
-    root.mkdir(parents=True, exist_ok=True)
-    written = []
-    for dataset_id in ids:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_id}.tmp-", dir=root))
-        try:
+    from medzoo.provenance import disk_error, ensure_writable_dir
+
+    ensure_writable_dir(root, what="the synthetic data root")
+    created_root = not root.exists()
+    # All datasets are written to temporary folders first and renamed in only when every one is
+    # complete: a full disk leaves none of them, not three of four.
+    temporaries: dict[str, Path] = {}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for dataset_id in ids:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dataset_id}.tmp-", dir=root))
+            temporaries[dataset_id] = tmp
             _write_dataset(tmp, dataset_id, int(size), int(per_class), int(seed), specs[dataset_id])
             tmp.chmod(0o755)  # mkdtemp makes 0700 folders; a dataset is meant to be shared
+        for dataset_id, tmp in temporaries.items():
             _replace_dir(tmp, root / dataset_id)
-        finally:
+    except OSError as err:
+        raise disk_error(err, f"writing synthetic data to {root}") from None
+    finally:
+        for tmp in temporaries.values():
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        written.append(root / dataset_id)
-    return written
+        if created_root and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+    return [root / dataset_id for dataset_id in ids]

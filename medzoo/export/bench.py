@@ -307,12 +307,13 @@ def _ort_backends(export_dir: Path, providers: Sequence[str]) -> list[tuple[str,
 
 def _ensure_export(name: str, export_dir: Path, entry: Any) -> None:
     from medzoo.export.onnx import export_model
-    from medzoo.export.runtime import MODEL_FILE, read_metadata
+    from medzoo.export.runtime import MODEL_FILE, read_metadata, verify_onnx
 
     path = export_dir / MODEL_FILE
     if not path.is_file():
         export_model(name, export_dir)
-    elif read_metadata(path).get("sha256", "") != (entry.sha256 or ""):
+    verify_onnx(path)
+    if read_metadata(path).get("sha256", "") != (entry.sha256 or ""):
         raise MedzooError(
             f"{path} was exported from other weights than {name}; run `medzoo export {name} --out {export_dir}` again"
         )
@@ -347,7 +348,7 @@ def run_bench(
 
     from medzoo.export.onnx import default_export_dir, entry_metadata
     from medzoo.export.parity import random_images
-    from medzoo.export.runtime import normalize, read_metadata
+    from medzoo.export.runtime import normalize, read_metadata, verify_onnx
     from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
     from medzoo.zoo.index import load, model_info
 
@@ -378,6 +379,7 @@ def run_bench(
                     compile=compile, device=device, iterations=iterations, warmup=warmup,
                 )  # fmt: skip
         for backend, provider, precision, path in _ort_backends(export_dir, providers):
+            verify_onnx(path)  # fp16 and int8 files too: every file that runs is checked
             session, why = ort_session(
                 path,
                 provider,

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from medzoo.errors import MedzooError
+from medzoo.errors import DISK_ERRNOS, MedzooError, disk_error
 
 # parity and int8 were split out of this module; their public names stay importable from here
 from medzoo.export.int8 import INT8_OPS as INT8_OPS
@@ -57,10 +57,13 @@ from medzoo.export.runtime import (
     MODEL_FILE,
     OUTPUT_NAME,
     REPORT_FILE,
+    file_sha256,
     model_input,
     quiet,
     read_metadata,
     set_props,
+    sidecar_path,
+    sidecar_text,
 )
 from medzoo.export.runtime import (
     cpu_session as cpu_session,
@@ -71,6 +74,7 @@ from medzoo.export.runtime import (
 from medzoo.export.runtime import (
     run_session as run_session,
 )
+from medzoo.provenance import ensure_writable_dir
 
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
@@ -200,8 +204,22 @@ def _torch_export(module: Any, example: Any, path: Path, opset: int) -> None:
                 optimize=True,
             )
     except Exception as err:  # the exporter's errors are long; keep the first line
+        disk = _disk_cause(err)
+        if disk is not None:  # a full or read-only disk, not the opset
+            raise disk_error(disk, f"writing the ONNX export {path.name}") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MedzooError(f"torch.onnx.export failed: {first}; try --opset {MIN_OPSET}") from err
+
+
+def _disk_cause(err: BaseException) -> OSError | None:
+    """The disk OSError behind an exporter error (the exporter wraps it), or None."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 # --------------------------------------------------------------------------- fp16
@@ -288,6 +306,7 @@ def export_module(
             "--int8 needs calibration data: pass --calibration-data ROOT (a MIMeta root)"
         )
     out_dir = Path(out_dir)
+    ensure_writable_dir(out_dir, what="the export folder")
     model = model.eval().float()
     module = (
         _with_preprocessing(model, meta["mean"], meta["std"]) if include_preprocessing else model
@@ -375,11 +394,16 @@ def export_module(
         )
         from medzoo.provenance import provenance
 
-        (tmp / REPORT_FILE).write_text(
-            json.dumps({**result.to_dict(), "provenance": provenance()}, indent=2, default=str)
-            + "\n"
-        )
-        _move_in(tmp, out_dir, [*files.values(), REPORT_FILE])
+        digests = {}  # what predict, bench and anything else verify before running a file
+        for file_name in files.values():
+            digests[file_name] = file_sha256(tmp / file_name)
+            sidecar_path(tmp / file_name).write_text(
+                sidecar_text(file_name, digests[file_name]), "utf-8"
+            )
+        report = {**result.to_dict(), "sha256": digests, "provenance": provenance()}
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        sidecars = [sidecar_path(name).name for name in files.values()]
+        _move_in(tmp, out_dir, [*files.values(), *sidecars, REPORT_FILE])
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -402,8 +426,9 @@ def _move_in(tmp: Path, out_dir: Path, names: Sequence[str]) -> None:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (MODEL_FILE, FP16_FILE, INT8_FILE):
-        if stale not in names:
-            (out_dir / stale).unlink(missing_ok=True)
+        for file_name in (stale, sidecar_path(stale).name):
+            if file_name not in names:
+                (out_dir / file_name).unlink(missing_ok=True)
     for name in names:
         with open(tmp / name, "rb") as handle:
             os.fsync(handle.fileno())
@@ -503,6 +528,8 @@ def export_model(
 
     check_opset(opset)
     entry = model_info(name)
+    out_dir = Path(out) if out is not None else default_export_dir(name)
+    ensure_writable_dir(out_dir, what="the export folder")  # before the export, not after it
     if int8 and calibration_root is None:
         raise MedzooError(
             "--int8 needs calibration images: add --calibration-data ROOT (a MIMeta root with the model's datasets)"
@@ -526,7 +553,7 @@ def export_model(
     return export_module(
         model,
         meta,
-        Path(out) if out is not None else default_export_dir(name),
+        out_dir,
         opset=opset,
         fp16=fp16,
         int8=int8,

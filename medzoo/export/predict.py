@@ -9,6 +9,8 @@ torch or, with ``onnx=True``, to the verified ONNX export in onnxruntime.
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,12 @@ def read_image(
     if not path.is_file():
         raise MedzooError(f"image {path} does not exist")
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # a DecompressionBombWarning (between 1x and 2x MAX_IMAGE_PIXELS) is an error here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
             image.load()
+        with image:
             mode = {1: "L", 3: "RGB"}.get(in_chans)
             if mode is None:
                 raise MedzooError(
@@ -61,20 +67,41 @@ def read_image(
             if image.size != (width, height):
                 image = image.resize((width, height), resample)
             array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
+    except MedzooError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise MedzooError(
+            f"{path} is too large to decode safely ({err}); give an image of at most "
+            f"{Image.MAX_IMAGE_PIXELS} pixels"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
         raise MedzooError(
             f"{path} is not an image Pillow can read ({type(err).__name__}); give PNG, JPEG or TIFF files"
+        ) from None
+    except (IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as err:
+        # Pillow's decoders meet a damaged file's bytes with these too (TIFF tags, GIF frames)
+        raise MedzooError(
+            f"{path} is a damaged image ({type(err).__name__} while decoding it); give an intact "
+            "PNG, JPEG or TIFF file"
         ) from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _onnx_outputs(name: str, entry: Any, images: np.ndarray, export_dir: Path) -> np.ndarray:
     from medzoo.export.onnx import export_model
-    from medzoo.export.runtime import MODEL_FILE, cpu_session, normalize, read_metadata, run_session
+    from medzoo.export.runtime import (
+        MODEL_FILE,
+        cpu_session,
+        normalize,
+        read_metadata,
+        run_session,
+        verify_onnx,
+    )
 
     path = export_dir / MODEL_FILE
     if not path.is_file():
         export_model(name, export_dir)  # verified like any export; `medzoo export` does the same
+    verify_onnx(path)  # the bytes the export recorded, before onnxruntime parses any of them
     meta = read_metadata(path)
     if meta.get("sha256", "") != (entry.sha256 or "") or meta.get("name") != name:
         raise MedzooError(

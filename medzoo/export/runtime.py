@@ -26,6 +26,74 @@ REPORT_FILE = "export.json"
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 META_PREFIX = "medzoo."
+SHA256_SUFFIX = ".sha256"  # model.onnx.sha256 beside model.onnx: `sha256sum -c` reads it
+
+
+# --------------------------------------------------------------------------- integrity
+#
+# The sha256 of every exported file is recorded at export time, in export.json ("sha256") and in
+# a sidecar beside the file; whatever runs an exported file verifies it first, so an edited graph
+# or weight (same metadata, other numbers) is refused instead of run.
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SHA256_SUFFIX)
+
+
+def sidecar_text(path: str | os.PathLike[str], sha256: str) -> str:
+    return f"{sha256}  {Path(path).name}\n"
+
+
+def recorded_sha256(path: str | os.PathLike[str]) -> list[str]:
+    """Every sha256 recorded for exported file ``path`` (its sidecar, then export.json)."""
+    import json
+
+    path = Path(path)
+    found = []
+    with contextlib.suppress(OSError, UnicodeDecodeError, IndexError):
+        found.append(sidecar_path(path).read_text("utf-8").split()[0].lower())
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+        report = json.loads((path.parent / REPORT_FILE).read_text("utf-8"))
+        value = report["sha256"].get(path.name) if isinstance(report.get("sha256"), dict) else None
+        if isinstance(value, str):
+            found.append(value.lower())
+    return found
+
+
+def verify_onnx(path: str | os.PathLike[str]) -> str:
+    """Refuse, in one line, an exported file whose bytes differ from what the export recorded.
+
+    Returns the sha256. A file without any record (made by hand, or by an older medzoo) is
+    refused too: it cannot be told apart from an edited one.
+    """
+    path = Path(path)
+    records = recorded_sha256(path)
+    if not records:
+        raise MedzooError(
+            f"{path} has no recorded sha256 ({sidecar_path(path).name} or {REPORT_FILE}), so it "
+            "cannot be verified: re-export it with `medzoo export NAME`"
+        )
+    try:
+        actual = file_sha256(path)
+    except OSError as err:
+        raise MedzooError(f"cannot read {path}: {err.strerror or err}") from None
+    if any(record != actual for record in records):
+        raise MedzooError(
+            f"{path} was changed after export: its sha256 {actual[:12]}... does not match the "
+            f"recorded {records[0][:12]}...; re-export it with `medzoo export NAME`"
+        )
+    return actual
 
 
 # --------------------------------------------------------------------------- metadata

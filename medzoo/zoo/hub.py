@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from medzoo.errors import MedzooError
+from medzoo.provenance import ensure_writable_dir
 from medzoo.zoo.card import PUBLISHED_FILES, PUBLISHED_PATTERNS, REPO_ID_RE, model_card_text
 from medzoo.zoo.entry import (
     CARD_FILE,
@@ -47,6 +48,9 @@ def save_for_hub(name: str, out_dir: str | Path, *, repo_id: str | None = None) 
     if repo_id is not None:
         check_repo_id(repo_id)
     out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise MedzooError(f"{out_dir} is a symbolic link; give a new folder path, not a link")
+    ensure_writable_dir(out_dir, what="the dry-run folder")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MedzooError(f"{out_dir} exists and is not an empty folder; choose a new folder")
     read_weights(source / WEIGHTS_FILE, entry.sha256, what=name)  # never publish bad weights

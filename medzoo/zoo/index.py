@@ -14,10 +14,10 @@ importable from here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +25,13 @@ from typing import Any
 
 from medzoo.config import medzoo_home
 from medzoo.errors import MedzooError
-from medzoo.provenance import atomic_write_text, provenance
+from medzoo.provenance import (
+    atomic_write_text,
+    disk_error,
+    ensure_writable_dir,
+    fsync_dir,
+    provenance,
+)
 from medzoo.zoo.card import model_card_text
 from medzoo.zoo.entry import (
     CARD_FILE,
@@ -39,12 +45,17 @@ from medzoo.zoo.entry import (
 )
 from medzoo.zoo.loading import load, local_weights, weights_status
 from medzoo.zoo.registry import (
+    NEW_MARK,
+    OLD_MARK,
     REGISTRY_FILE,
     base_model_hub_id,
     entry_folder,
+    list_entries,
     list_models,
     model_info,
     read_registry,
+    recover,
+    recover_locked,
     registry_lock,
     write_registry,
 )
@@ -52,11 +63,14 @@ from medzoo.zoo.registry import (
 __all__ = [
     "REGISTRY_FILE",
     "entry_folder",
+    "list_entries",
     "list_models",
     "load",
     "local_weights",
     "medzoo_home",
     "model_info",
+    "check_can_register",
+    "recover",
     "register",
     "save_entry",
     "update_entry",
@@ -71,6 +85,7 @@ _RESERVED = {CONFIG_FILE, WEIGHTS_FILE, CARD_FILE}  # save_entry writes these it
 def register(entry: ZooEntry) -> ZooEntry:
     """Add or replace ``entry`` in the local registry (atomic, safe across processes)."""
     with registry_lock():
+        recover_locked()
         _register_locked(entry)
     return entry
 
@@ -84,6 +99,7 @@ def _register_locked(entry: ZooEntry) -> None:
 def update_entry(name: str, **changes: Any) -> ZooEntry:
     """Change fields of ``name`` in the registry and in its folder's config.json and card."""
     with registry_lock():
+        recover_locked()
         models = read_registry()
         current = ZooEntry.from_dict(models[name]) if name in models else model_info(name)
         if "metrics" in changes:  # evaluation adds to what earlier evaluations measured
@@ -169,13 +185,22 @@ def save_entry(
     entry: ZooEntry,
     state_dict: Mapping[str, Any],
     extra_files: Mapping[str, str | bytes] | None = None,
+    *,
+    overwrite: bool = True,
 ) -> Path:
-    """Write ``$MEDZOO_HOME/models/NAME/`` atomically and register the entry.
+    """Write ``$MEDZOO_HOME/models/NAME/`` and register the entry, as one transaction.
 
     The folder (model.safetensors, config.json, README.md and ``extra_files`` such as
-    recipe.toml, provenance.json, train_log.jsonl) is built in a temporary folder beside the
-    target, then renamed over it. The sha256 of model.safetensors, the versions, the git commit
-    and the creation time are filled in here. Returns the entry folder.
+    recipe.toml, provenance.json, train_log.jsonl) is checked and built first; the registry is
+    read and validated before any entry folder is touched. Then, under the registry lock: the new
+    folder is written beside the target as ``.NAME.new-XXXX`` and fsync'ed, the registry is
+    written atomically with the new sha256 (the commit point), the old folder is moved aside,
+    the new one moved in, and the old one deleted. A kill at any point leaves leftovers that
+    :func:`medzoo.zoo.registry.recover` (run by every command that opens the registry) rolls
+    forward or back by the sha256 the registry holds, so the entry is always the old one or the
+    new one, loadable. ``overwrite=False`` refuses a name that already holds weights. The sha256
+    of model.safetensors, the versions, the git commit and the creation time are filled in here.
+    Returns the entry folder.
     """
     import safetensors.torch
     import torch
@@ -202,30 +227,70 @@ def save_entry(
         versions=entry.versions or info["versions"],
         git_commit=entry.git_commit or info["git_commit"],
     )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        (tmp / WEIGHTS_FILE).write_bytes(data)
-        for file_name, content in extra_files.items():
-            if isinstance(content, bytes):
-                (tmp / file_name).write_bytes(content)
-            else:
-                (tmp / file_name).write_text(content, "utf-8")
-        _write_folder_files(tmp, entry, num_features)
-        with registry_lock():  # folder and registry change together for other writers
-            _swap_in(tmp, folder)
-            _register_locked(entry)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    recover()
+    read_registry()  # an unreadable registry stops us here, before any folder changes
+    if not overwrite:
+        check_can_register(entry.name)
+    ensure_writable_dir(folder.parent, what="the zoo")
+    with registry_lock():  # folder and registry change together for other writers
+        recover_locked()
+        models = read_registry()
+        if not overwrite:
+            check_can_register(entry.name)
+        new = folder.with_name(f".{entry.name}{NEW_MARK}{uuid.uuid4().hex[:12]}")
+        try:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            new.mkdir()
+            (new / WEIGHTS_FILE).write_bytes(data)
+            for file_name, content in extra_files.items():
+                if isinstance(content, bytes):
+                    (new / file_name).write_bytes(content)
+                else:
+                    (new / file_name).write_text(content, "utf-8")
+            _write_folder_files(new, entry, num_features)
+            fsync_dir(new)
+            fsync_dir(new.parent)
+        except BaseException as err:
+            shutil.rmtree(new, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise disk_error(err, f"writing the zoo entry {entry.name}") from None
+            raise
+        previous = dict(models)
+        models[entry.name] = entry.to_dict()
+        try:
+            write_registry(models)  # the commit point
+        except BaseException as err:
+            shutil.rmtree(new, ignore_errors=True)
+            if isinstance(err, OSError):
+                raise disk_error(err, f"registering {entry.name}") from None
+            raise
+        try:
+            _swap_in(new, folder)
+        except OSError as err:  # undo: the registry goes back to the old sha256
+            with contextlib.suppress(OSError):
+                write_registry(previous)
+            recover_locked()
+            raise disk_error(err, f"moving the zoo entry {entry.name} into place") from None
     return folder
 
 
-def _swap_in(tmp: Path, folder: Path) -> None:
-    """Rename ``tmp`` over ``folder``; an existing folder is moved aside first, then removed."""
+def check_can_register(name: str) -> None:
+    """Refuse, in one line, to register ``name`` over weights that already exist."""
+    folder = entry_folder(name)
+    if (folder / WEIGHTS_FILE).exists() or name in read_registry():
+        raise MedzooError(
+            f"the zoo already holds a model named {name} ({folder}): add --overwrite to replace "
+            "it, or choose another --name"
+        )
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """Rename ``new`` over ``folder``; an existing folder is moved aside first, then removed."""
     old = None
     if folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:12]}")
+        old = folder.with_name(f".{folder.name}{OLD_MARK}{uuid.uuid4().hex[:12]}")
         os.replace(folder, old)
-    os.replace(tmp, folder)
+    os.replace(new, folder)
+    fsync_dir(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

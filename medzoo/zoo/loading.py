@@ -19,7 +19,13 @@ from typing import Any
 
 from medzoo.errors import MedzooError
 from medzoo.zoo.entry import CONFIG_FILE, WEIGHTS_FILE, ZooEntry, read_weights, refuse_pickles
-from medzoo.zoo.registry import entry_folder, model_info
+from medzoo.zoo.registry import (
+    entry_folder,
+    model_info,
+    read_registry,
+    recover_locked,
+    registry_lock,
+)
 
 
 def weights_status(entry: ZooEntry) -> str:
@@ -71,7 +77,37 @@ def load(
 
 
 def local_weights(entry: ZooEntry) -> dict[str, Any] | None:
-    """The entry's local state dict (sha256 checked), or None when it has no local folder."""
+    """The entry's local state dict (sha256 checked), or None when it has no local folder.
+
+    A registration of the same name may swap the folder between reading the registry and
+    reading the weights; a missing folder or a sha256 mismatch of a registered entry is therefore
+    asked again under the registry lock (after any running registration and a recovery), so a
+    reader gets the old or the new model, never a false mismatch.
+    """
+    try:
+        state = _local_weights(entry)
+    except MedzooError:
+        if not _registered_locally(entry):
+            raise
+        state = None
+    if state is not None or not _registered_locally(entry):
+        return state
+    with registry_lock():
+        recover_locked()
+        record = read_registry().get(entry.name)
+        fresh = ZooEntry.from_dict(record) if isinstance(record, dict) else entry
+        return _local_weights(fresh)
+
+
+def _registered_locally(entry: ZooEntry) -> bool:
+    try:
+        record = read_registry().get(entry.name)
+    except MedzooError:
+        return False
+    return isinstance(record, dict) and bool(record.get("sha256"))
+
+
+def _local_weights(entry: ZooEntry) -> dict[str, Any] | None:
     folder = entry_folder(entry.name)
     if not folder.is_dir():
         return None
