@@ -1,7 +1,8 @@
 """Evaluation: linear probe, full and surgical fine-tuning over label fractions and seeds.
 
 The public entry points of :mod:`medzoo.evaluation`, kept under their historical module name:
-``evaluate(cfg)`` runs a recipe's grid, ``train_head`` registers a 100 % probe classifier.
+``evaluate(cfg)`` runs a recipe's grid, ``show_plan(cfg)`` prints it without training,
+``train_head`` registers a 100 % probe classifier.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from medzoo.evaluation.classifiers import register_classifier, task_slug
 from medzoo.evaluation.recipe import EvalConfig, ProbeConfig, load_eval_config, validate
 from medzoo.evaluation.results import metrics_for_zoo, write_back_metrics
-from medzoo.evaluation.run import evaluate, train_head
+from medzoo.evaluation.run import evaluate, show_plan, train_head
 
 __all__ = [
     "EvalConfig",
@@ -18,6 +19,7 @@ __all__ = [
     "load_eval_config",
     "metrics_for_zoo",
     "register_classifier",
+    "show_plan",
     "task_slug",
     "train_head",
     "validate",

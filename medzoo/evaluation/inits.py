@@ -22,23 +22,37 @@ class InitContext:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     weights_id: str
+    seed: int | None = None  # the draw of a random-init backbone (None: fixed weights)
 
 
 def _stats(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
     return tuple(values) if len(values) == chans else (sum(values) / len(values),) * chans
 
 
-def init_context(name: str, in_chans: int) -> InitContext:
+def is_random(name: str) -> bool:
+    """A random-init entry: a new backbone per evaluation seed."""
+    from medzoo.zoo.index import model_info
+
+    return model_info(name).method == "random"
+
+
+def init_context(name: str, in_chans: int, seed: int | None = None) -> InitContext:
+    """``seed`` draws a random-init backbone; it must be None for entries with weights."""
     from medzoo.zoo.index import model_info
 
     entry = model_info(name)
+    seed = seed if entry.method == "random" else None
     # the key of the weights: their sha256, or what makes them reproducible without a file
+    # (a random backbone: its seed and its live residual branches, zero_init_last=False)
     weights_id = entry.sha256 or (
-        f"timm:{entry.timm_name}" if entry.timm_name else f"{entry.method}:seed0:{entry.arch}"
+        f"timm:{entry.timm_name}"
+        if entry.timm_name
+        else f"{entry.method}:seed{seed or 0}:zero_init_last=False:{entry.arch}"
     )
     return InitContext(
-        name, entry, in_chans, _stats(entry.mean, in_chans), _stats(entry.std, in_chans), weights_id
-    )
+        name, entry, in_chans, _stats(entry.mean, in_chans), _stats(entry.std, in_chans),
+        weights_id, seed,
+    )  # fmt: skip
 
 
 def split_features(
@@ -49,7 +63,8 @@ def split_features(
     cfg: EvalConfig,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """Features of every split, from the cache or extracted once with the frozen backbone."""
+    """Features of each split in ``splits``, from the cache or extracted once with the frozen
+    backbone (evaluation asks for test only when it scores)."""
     from medzoo.zoo.index import load
 
     model = None
@@ -64,7 +79,7 @@ def split_features(
         def compute(data: Any = data) -> torch.Tensor:
             nonlocal model
             if model is None:
-                model = load(ctx.name, in_chans=ctx.in_chans)
+                model = load(ctx.name, in_chans=ctx.in_chans, seed=ctx.seed)
             return extract_features(
                 model,
                 data.images,

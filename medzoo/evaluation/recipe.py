@@ -19,7 +19,8 @@ from medzoo.errors import MedzooError
 from medzoo.finetune import FinetuneConfig, SurgicalConfig
 from medzoo.probe import resolve_device
 
-STRATEGY_KINDS = ("probe", "finetune", "surgical")
+STRATEGY_KINDS = ("probe", "finetune", "lp-ft", "surgical", "surgical-auto")
+SURGICAL_BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4")  # surgical-auto picks one
 SPLITS = ("train", "val", "test")
 
 
@@ -40,8 +41,14 @@ class EvalConfig:
     datasets: tuple[str, ...] = ("crc",)  # MIMeta ids, each evaluated on its own
     tasks: dict[str, str] = field(default_factory=dict)  # dataset -> task (default: medzoo's)
     inits: tuple[str, ...] = ("random-r18",)  # zoo names
-    strategies: tuple[str, ...] = ("probe",)  # probe | finetune | surgical | surgical-<g>[+<g>]
+    # probe | finetune | lp-ft | surgical | surgical-<g>[+<g>] | surgical-auto
+    strategies: tuple[str, ...] = ("probe",)
     fractions: tuple[float, ...] = (0.005, 0.01, 0.1, 0.25, 0.5, 1.0)
+    shots: tuple[int, ...] = ()  # label budgets as images per class, besides fractions
+    # model selection on a val subset scaled like the train budget ("matched", Oliver et al.
+    # 2018) or on the whole val split ("full")
+    val_budget: str = "matched"
+    val_min_per_class: int = 5  # a matched val subset keeps at least this many per class
     seeds: tuple[int, ...] = (0, 1, 2)
     image_size: int | None = None  # None: the data's own size
     device: str = "auto"
@@ -63,8 +70,17 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    kind: str  # probe | finetune | surgical
+    kind: str  # one of STRATEGY_KINDS
     groups: tuple[str, ...] = ()  # surgical: trained besides the head
+
+    @property
+    def uses_features(self) -> bool:
+        """Needs the frozen backbone's cached features (the probe, LP-FT's first stage)."""
+        return self.kind in ("probe", "lp-ft")
+
+    @property
+    def trains_backbone(self) -> bool:
+        return self.kind != "probe"
 
 
 def load_eval_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EvalConfig:
@@ -81,8 +97,8 @@ def load_eval_config(path: str | Path, overrides: list[str] | tuple[str, ...] = 
 
 
 def parse_strategy(name: str, surgical: SurgicalConfig) -> Strategy:
-    if name in ("probe", "finetune"):
-        return Strategy(name, name)
+    if name in ("probe", "finetune", "lp-ft", "surgical-auto"):
+        return Strategy(name, name, SURGICAL_BLOCKS if name == "surgical-auto" else ())
     if name == "surgical" or name.startswith("surgical-"):
         groups = (
             surgical.groups if name == "surgical" else tuple(name[len("surgical-") :].split("+"))
@@ -98,12 +114,15 @@ def parse_strategy(name: str, surgical: SurgicalConfig) -> Strategy:
                 )
         return Strategy(name, "surgical", tuple(groups))
     close = difflib.get_close_matches(
-        name, ["probe", "finetune", "surgical", "surgical-layer4"], n=1, cutoff=0.5
+        name,
+        ["probe", "finetune", "lp-ft", "surgical", "surgical-auto", "surgical-layer4"],
+        n=1,
+        cutoff=0.5,
     )
     hint = (
         f"did you mean '{close[0]}'?"
         if close
-        else "use probe, finetune, surgical or surgical-<group>"
+        else "use probe, finetune, lp-ft, surgical, surgical-<group> or surgical-auto"
     )
     raise MedzooError(f"unknown strategy '{name}': {hint}")
 
@@ -122,20 +141,20 @@ def _arch_groups(arch: str) -> set[str]:
 def _check_numbers(cfg: EvalConfig) -> None:
     from medzoo.data.fractions import check_fraction
 
-    if (
-        not cfg.fractions
-        or not cfg.seeds
-        or not cfg.datasets
-        or not cfg.inits
-        or not cfg.strategies
-    ):
-        raise MedzooError(
-            "datasets, inits, strategies, fractions and seeds must each name at least one value"
-        )
+    if not cfg.seeds or not cfg.datasets or not cfg.inits or not cfg.strategies:
+        raise MedzooError("datasets, inits, strategies and seeds must each name at least one value")
+    if not cfg.fractions and not cfg.shots:
+        raise MedzooError("give label budgets: fractions = [0.1, 1.0] and/or shots = [1, 5]")
     for fraction in cfg.fractions:
         check_fraction(fraction)
+    for shot in cfg.shots:
+        if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
+            raise MedzooError(f"shots = {shot!r}: images per class must be integers >= 1")
+    if cfg.val_budget not in ("matched", "full"):
+        raise MedzooError(f'val_budget = {cfg.val_budget!r} is not "matched" or "full"')
     for what, values in (
         ("fractions", cfg.fractions),
+        ("shots", cfg.shots),
         ("seeds", cfg.seeds),
         ("inits", cfg.inits),
         ("datasets", cfg.datasets),
@@ -149,13 +168,19 @@ def _check_numbers(cfg: EvalConfig) -> None:
         raise MedzooError("probe.weight_decays must list values >= 0, e.g. [1e-4, 1e-3, 1e-2]")
     positive = {
         "image_size": cfg.image_size or 1,
+        "val_min_per_class": cfg.val_min_per_class,
         "probe.max_iter": cfg.probe.max_iter,
         "probe.batch_size": cfg.probe.batch_size,
     }
     for section in ("finetune", "surgical"):
         hp = getattr(cfg, section)
-        for key in ("epochs", "batch_size", "patience", "eval_batch_size", "lr"):
+        for key in ("min_steps", "max_steps", "eval_every_steps", "batch_size", "patience",
+                    "eval_batch_size", "lr", "head_lr", "scratch_lr"):  # fmt: skip
             positive[f"{section}.{key}"] = getattr(hp, key)
+        if hp.min_steps > hp.max_steps:
+            raise MedzooError(
+                f"{section}.min_steps = {hp.min_steps} exceeds max_steps = {hp.max_steps}"
+            )
     for key, value in positive.items():
         if value <= 0:
             raise MedzooError(f"{key} = {value} must be positive")
@@ -197,15 +222,19 @@ def validate(cfg: EvalConfig, root: Path) -> tuple[list[str], list[Strategy]]:
 
     _check_numbers(cfg)
     strategies = [parse_strategy(s, cfg.surgical) for s in cfg.strategies]
-    resolve_device(cfg.device)
+    from medzoo.runtime import resolve_precision
+
+    resolve_precision(resolve_device(cfg.device), cfg.precision)
     for dataset in cfg.datasets:
         _check_dataset(root, dataset, cfg.tasks.get(dataset))
     entries = {name: _check_init(name) for name in cfg.inits}
     for name, entry in entries.items():
         present = (
-            _arch_groups(entry.arch) if any(s.kind == "surgical" for s in strategies) else set()
+            _arch_groups(entry.arch)
+            if any(s.kind.startswith("surgical") for s in strategies)
+            else set()
         )
-        for strategy in (s for s in strategies if s.kind == "surgical"):
+        for strategy in (s for s in strategies if s.kind.startswith("surgical")):
             missing = [g for g in strategy.groups if g not in present]
             if missing:
                 raise MedzooError(
