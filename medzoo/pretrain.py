@@ -242,6 +242,11 @@ def _train(
     if runtime.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if cfg.model.sync_batchnorm is not False:
+            from medzoo.models import sync_batchnorm
+
+            sync_batchnorm(model.backbone, runtime.device)
+
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         train_model = DistributedDataParallel(model, device_ids=ids)
     if training.compile:
