@@ -19,6 +19,9 @@ from medzoo.evaluation.recipe import EvalConfig
 def protocol_text(cfg: EvalConfig, plan: Plan) -> str:
     """What every number of the summary means: budgets, selection, baseline init."""
     ft, sg = cfg.finetune, cfg.surgical
+    surgical = any(s.startswith("surgical") for s in cfg.strategies)
+    surgical_steps = f" (surgical {sg.min_steps}-{sg.max_steps})" if surgical else ""
+    surgical_lr = f" (surgical {sg.lr:g})" if surgical else ""
     selection = (
         f"a stratified val subset matched to each train budget (the same share of each class, "
         f"at least {cfg.val_min_per_class} per class; Oliver et al. 2018)"
@@ -30,10 +33,10 @@ def protocol_text(cfg: EvalConfig, plan: Plan) -> str:
         f"selection. Model selection (probe weight decay, early stopping, surgical-auto block) "
         f'uses {selection} (`val_budget = "{cfg.val_budget}"`). Label budgets are stratified, '
         "seeded and nested; budgets that give the same training subset are trained once.",
-        f"Fine-tuning is budgeted in optimiser steps: {ft.min_steps}-{ft.max_steps} steps "
-        f"(surgical {sg.min_steps}-{sg.max_steps}), validation every {ft.eval_every_steps}, "
+        f"Fine-tuning is budgeted in optimiser steps: {ft.min_steps}-{ft.max_steps} steps"
+        f"{surgical_steps}, validation every {ft.eval_every_steps}, "
         f"patience {ft.patience} evaluations after the minimum, best state restored; AdamW, "
-        f"backbone lr {ft.lr:g} (surgical {sg.lr:g}), head lr {ft.head_lr:g}, from-scratch lr "
+        f"backbone lr {ft.lr:g}{surgical_lr}, head lr {ft.head_lr:g}, from-scratch lr "
         f"{ft.scratch_lr:g} for random init, weight decay {ft.weight_decay:g} on conv/linear "
         "weights only. The probe is L-BFGS on cached frozen features; the 100 % probe of a "
         "fixed backbone is deterministic and fitted once (sd n/a).",
