@@ -62,7 +62,7 @@ class SurgicalConfig(FinetuneConfig):
 @dataclass
 class FinetuneResult:
     model: nn.Module
-    best_step: int  # the optimiser step whose weights were restored (0: before any step)
+    best_step: int  # the optimiser step whose weights were restored
     val_accuracy: float  # at best_step
     steps: int  # optimiser steps run
     lr: float  # backbone rate used
@@ -219,9 +219,8 @@ def finetune(
         )  # fmt: skip
         return float((probs.argmax(1) == val_y).mean()) if len(val_y) else 0.0
 
-    best_accuracy, best_step = validate(), 0  # the untrained head is the baseline to beat
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history: list[dict[str, float]] = [{"step": 0, "loss": math.nan, "val_accuracy": best_accuracy}]
+    best_accuracy, best_step, best_state = -1.0, 0, None
+    history: list[dict[str, float]] = []
     stale, step, losses = 0, 0, []
     batches = batch_stream(len(rows), config.batch_size, generator)
     model.train()
@@ -265,7 +264,8 @@ def finetune(
         model.train()
         if trainable_groups is not None:
             set_frozen_bn_eval(model)
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return FinetuneResult(model, best_step, best_accuracy, step, lr, config.head_lr, history)
 

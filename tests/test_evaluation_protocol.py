@@ -160,7 +160,7 @@ def test_trained_runs_meet_min_steps_and_carry_their_choices(synth_root, tmp_pat
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 3 * 2
     for r in rows:
-        assert r["steps"] >= TINY_FT["min_steps"] and 0 <= r["best_step"] <= r["steps"]
+        assert r["steps"] >= TINY_FT["min_steps"] and 1 <= r["best_step"] <= r["steps"]
         assert r["lr"] == 3e-3 and r["head_lr"] == 1e-3  # random init: the from-scratch rate
         assert r["n_val_used"] <= r["n_val"] and r["val_budget"] == "matched"
     small = [r for r in rows if r["budget"] == "10 %"]
