@@ -10,7 +10,7 @@ NAME ?=
 ARGS ?=
 
 .PHONY: help install test test-slow lint format demo data-synth pretrain-liver pretrain-crc \
-        pretrain-crc-lars eval-liver eval-crc export bench clean
+        pretrain-crc-lars pretrain-liver-lars eval-liver eval-crc export bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -51,6 +51,9 @@ pretrain-crc: install  ## Barlow Twins on crc (paper settings)
 
 pretrain-crc-lars: install  ## Barlow Twins on crc with the official LARS optimiser
 	$(MEDZOO) pretrain recipes/pretrain-crc-lars.toml $(ARGS)
+
+pretrain-liver-lars: install  ## Barlow Twins on liver with the official LARS optimiser
+	$(MEDZOO) pretrain recipes/pretrain-liver-lars.toml $(ARGS)
 
 eval-liver: install  ## the paper's evaluation grid on the three organ views
 	$(MEDZOO) evaluate recipes/eval-liver.toml $(ARGS)

@@ -19,16 +19,23 @@ def load(
     pretrained: bool = True,
     device: Any = None,
     in_chans: int | None = None,
+    seed: int | None = None,
 ) -> Any:
     """A timm model in eval mode with the zoo entry's weights (sha256 checked before loading).
 
     ``name`` is a zoo name (``medzoo.list_models()``), ``hf-hub:ORG/NAME`` or ``local-dir:PATH``.
-    ``num_classes`` puts a new head on a backbone; ``in_chans`` adapts conv1 as timm does.
+    ``num_classes`` puts a new head on a backbone; ``in_chans`` adapts conv1 as timm does;
+    ``seed`` draws a random-init entry (``load("random-r18", seed=S)``).
     """
     from medzoo.zoo.index import load as _load
 
     return _load(
-        name, num_classes=num_classes, pretrained=pretrained, device=device, in_chans=in_chans
+        name,
+        num_classes=num_classes,
+        pretrained=pretrained,
+        device=device,
+        in_chans=in_chans,
+        seed=seed,
     )
 
 

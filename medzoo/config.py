@@ -84,6 +84,9 @@ class ModelConfig:
     projector_dims: tuple[int, ...] = (2048, 2048, 2048)  # paper: 512 -> 2048 -> 2048 -> 2048
     in_chans: int = 3
     init: str = "random"  # random | imagenet (timm pretrained weights, if present locally)
+    # synchronise the backbone's BatchNorm across DDP ranks (official Barlow Twins); None: on
+    # whenever world size > 1 (SyncBatchNorm on CUDA, medzoo's global-batch norm under gloo)
+    sync_batchnorm: bool | None = None
 
 
 @dataclass(frozen=True)

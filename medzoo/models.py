@@ -56,6 +56,37 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _global_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Batch normalisation of ``x`` with the statistics of the batch over every rank.
+
+    Two passes: the global mean first, then the global mean of squared deviations from it, so the
+    variance does not suffer the cancellation of E[x^2] - mean^2 when |mean| >> std.
+    """
+    from medzoo.losses import sum_over_ranks
+
+    dtype = x.dtype
+    x = x.float()
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    count = torch.full((1,), float(x.numel() // x.shape[1]), device=x.device)
+    first = sum_over_ranks(torch.cat([x.sum(dims), count]))
+    total = first[-1]
+    mean = first[:-1] / total
+    centred = x - mean.view(shape)
+    var = sum_over_ranks((centred * centred).sum(dims)) / total
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            unbiased = var * total / (total - 1).clamp_min(1)
+            momentum = 0.1 if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+            bn.num_batches_tracked += 1
+    y = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y.to(dtype)
+
+
 class GlobalBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm1d whose batch statistics are those of the global batch under DDP.
 
@@ -68,26 +99,43 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and _distributed()):
             return super().forward(x)
-        from medzoo.losses import sum_over_ranks
+        return _global_batch_norm(self, x)
 
-        dtype = x.dtype
-        x = x.float()
-        channels = x.shape[1]
-        count = torch.full((1,), float(x.shape[0]), device=x.device)
-        stats = sum_over_ranks(torch.cat([x.sum(0), (x * x).sum(0), count]))
-        total = stats[-1]
-        mean = stats[:channels] / total
-        var = (stats[channels : 2 * channels] / total - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                unbiased = var * total / (total - 1).clamp_min(1)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(unbiased.to(self.running_var.dtype), self.momentum)
-                self.num_batches_tracked += 1
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y.to(dtype)
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with global-batch statistics under DDP (see :class:`GlobalBatchNorm1d`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _distributed()):
+            return super().forward(x)
+        return _global_batch_norm(self, x)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Synchronise every BatchNorm2d of ``module`` across ranks, as the official Barlow Twins does.
+
+    On CUDA: ``nn.SyncBatchNorm`` (NCCL). Elsewhere (gloo): :class:`GlobalBatchNorm2d`. The
+    parameters and buffers are the same objects, so an optimizer built before still holds them
+    and the state dict keys do not change.
+    """
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlobalBatchNorm2d):
+            new = GlobalBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine,
+                child.track_running_stats,
+            )  # fmt: skip
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            if child.track_running_stats:
+                new.running_mean, new.running_var = child.running_mean, child.running_var
+                new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            sync_batchnorm(child, device)
+    return module
 
 
 class Projector(nn.Sequential):

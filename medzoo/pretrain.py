@@ -447,6 +447,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             device = self.runtime.device
+            if self.cfg.model.sync_batchnorm is not False:  # the backbone's BN on the global batch
+                from medzoo.models import sync_batchnorm
+
+                sync_batchnorm(self.model.backbone, device)
             ids = [device.index] if device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if self.cfg.training.compile:

@@ -117,18 +117,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def budget_of(row: dict[str, Any]) -> str:
+    """A row's label budget, the summary's column: ``"10 %"``, ``"5-shot"``."""
+    return row.get("budget") or format_fraction(row["fraction"])
+
+
 def aggregate(
     rows: Sequence[dict[str, Any]], metric: str = "accuracy"
 ) -> dict[tuple, tuple[float, float, int]]:
-    """``(dataset, init, strategy, fraction) -> (mean, sd, n_seeds)`` of ``metric``."""
+    """``(dataset, init, strategy, budget) -> (mean, sd, n_runs)`` of ``metric``.
+
+    The sd of a single run is NaN (reported as n/a), never a fake 0.
+    """
     groups: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         value = r.get(metric)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            groups[(r["dataset"], r["init"], r["strategy"], r["fraction"])].append(float(value))
+            groups[(r["dataset"], r["init"], r["strategy"], budget_of(r))].append(float(value))
     out = {}
     for key, values in groups.items():
-        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
         out[key] = (float(np.mean(values)), sd, len(values))
     return out
 
@@ -141,17 +149,51 @@ def format_fraction(fraction: float) -> str:
     return f"{fraction * 100:g} %"
 
 
+def budget_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(budget, header)`` per distinct budget, smallest subset first; the header carries
+    ``n_train`` and the images per class."""
+    sizes: dict[str, tuple[int, str, float]] = {}
+    for r in rows:
+        sizes.setdefault(
+            budget_of(r),
+            (
+                int(r.get("n_train") or 0),
+                str(r.get("images_per_class", "")),
+                r.get("fraction") or 0,
+            ),
+        )
+    order = sorted(sizes, key=lambda b: (sizes[b][0], sizes[b][2], b))
+    columns = []
+    for budget in order:
+        n, per_class, _ = sizes[budget]
+        detail = f"n={n}, {per_class}/class" if per_class else f"n={n}"
+        columns.append((budget, f"{budget} ({detail})" if n else budget))
+    return columns
+
+
+def _cell(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: int = 2) -> str:
+    if stat is None or math.isnan(stat[0]):
+        return "-"
+    mean, sd, _ = stat
+    spread = "n/a" if math.isnan(sd) else f"{sd * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {spread}"
+
+
 def summary_markdown(
     rows: Sequence[dict[str, Any]],
     *,
     metrics: Sequence[str] = ("accuracy", "balanced_accuracy"),
     title: str = "Evaluation",
+    preamble: str = "",
 ) -> str:
-    """The paper's tables: test metric in %, mean +- sd over seeds, per dataset."""
+    """The paper's tables: test metric in %, mean ± sd over seeds, per dataset; columns are the
+    distinct label budgets with their ``n_train``; then the optimiser steps of trained runs."""
     lines = [f"# {title}", ""]
+    if preamble:
+        lines += [preamble.strip(), ""]
     for dataset in _ordered(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == dataset]
-        fractions = sorted(set(r["fraction"] for r in sub))
+        columns = budget_columns(sub)
         pairs = _ordered((r["init"], r["strategy"]) for r in sub)
         seeds = sorted(set(r["seed"] for r in sub))
         lines += [f"## {dataset} ({sub[0].get('task', '')})", ""]
@@ -159,19 +201,53 @@ def summary_markdown(
             f"Test split, n = {sub[0].get('n_test', '?')}; seeds {', '.join(map(str, seeds))}.",
             "",
         ]
+        header = "| init | strategy | " + " | ".join(h for _, h in columns) + " |"
+        rule = "|---|---|" + "---|" * len(columns)
         for metric in metrics:
             stats = aggregate(sub, metric)
-            lines += [f"**{metric.replace('_', ' ')}** (%, mean ± sd)", ""]
-            lines.append(
-                "| init | strategy | " + " | ".join(format_fraction(f) for f in fractions) + " |"
-            )
-            lines.append("|---|---|" + "---|" * len(fractions))
+            lines += [f"**{metric.replace('_', ' ')}** (%, mean ± sd)", "", header, rule]
             for init, strategy in pairs:
-                cells = []
-                for f in fractions:
-                    mean, sd, _ = stats.get((dataset, init, strategy, f), (math.nan, math.nan, 0))
-                    cells.append("-" if math.isnan(mean) else f"{mean * 100:.2f} ± {sd * 100:.2f}")
+                cells = [_cell(stats.get((dataset, init, strategy, b))) for b, _ in columns]
                 lines.append(f"| {init} | {strategy} | " + " | ".join(cells) + " |")
+            lines.append("")
+        trained = [
+            (i, s)
+            for i, s in pairs
+            if any(r.get("steps") for r in sub if (r["init"], r["strategy"]) == (i, s))
+        ]
+        if trained:
+            steps, best = aggregate(sub, "steps"), aggregate(sub, "best_step")
+            lines += [
+                "**optimiser steps** (mean; best step restored in brackets)",
+                "",
+                header,
+                rule,
+            ]
+            for init, strategy in trained:
+                cells = []
+                for b, _ in columns:
+                    run, chosen = (
+                        steps.get((dataset, init, strategy, b)),
+                        best.get((dataset, init, strategy, b)),
+                    )
+                    cells.append("-" if run is None else f"{run[0]:.0f} ({chosen[0]:.0f})")
+                lines.append(f"| {init} | {strategy} | " + " | ".join(cells) + " |")
+            lines.append("")
+        blocks = _ordered(
+            (r["init"], r["strategy"], budget_of(r), r["surgical_block"])
+            for r in sub if r.get("surgical_block") and r["strategy"] == "surgical-auto"
+        )  # fmt: skip
+        if blocks:
+            lines += ["**surgical-auto: block chosen on val** (per seed)", ""]
+            for init, strategy in _ordered((i, s) for i, s, _, _ in blocks):
+                for b, _ in columns:
+                    chosen = [
+                        r["surgical_block"]
+                        for r in sub
+                        if (r["init"], r["strategy"], budget_of(r)) == (init, strategy, b)
+                    ]
+                    if chosen:
+                        lines.append(f"- {init} / {b}: {', '.join(chosen)}")
             lines.append("")
     return "\n".join(lines)
 
@@ -207,25 +283,28 @@ def plot_fraction_curves(
     sub = [r for r in rows if r["dataset"] == dataset]
     stats = aggregate(sub, metric)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    n_train = {budget_of(r): r.get("n_train") or r["fraction"] for r in sub}
     for init, strategy in _ordered((r["init"], r["strategy"]) for r in sub):
         points = sorted(
-            (f, *stats[(d, i, s, f)][:2]) for (d, i, s, f) in stats if (i, s) == (init, strategy)
+            (n_train[b], *stats[(d, i, s, b)][:2])
+            for (d, i, s, b) in stats
+            if (i, s) == (init, strategy)
         )
         if not points:
             continue
         xs, ys, sds = zip(*points)
         ax.errorbar(
-            np.array(xs) * 100,
+            np.array(xs, dtype=float),
             np.array(ys) * 100,
-            yerr=np.array(sds) * 100,
+            yerr=np.nan_to_num(np.array(sds, dtype=float)) * 100,
             marker="o",
             capsize=3,
             label=f"{init} / {strategy}",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("labelled training images (%)")
+    ax.set_xlabel("labelled training images (n_train)")
     ax.set_ylabel(f"test {metric.replace('_', ' ')} (%)")
-    ax.set_title(f"{dataset}: {metric.replace('_', ' ')} vs label fraction (mean ± sd over seeds)")
+    ax.set_title(f"{dataset}: {metric.replace('_', ' ')} vs label budget (mean ± sd over seeds)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -44,6 +44,23 @@ def _init_distributed(device_pref: str) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The one precision rule of pre-training and fine-tuning: "bf16", "fp16" or "fp32".
+
+    ``auto`` is bf16 on a GPU that supports it, fp16 (with a GradScaler) on one that does not,
+    and fp32 on CPU; an explicit bf16/fp16 needs a GPU.
+    """
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise MedzooError(f"precision = {precision!r} is not one of auto, bf16, fp16, fp32")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision in ("bf16", "fp16") and device.type != "cuda":
+        raise MedzooError(f'precision = {precision} needs a GPU: use "auto" or "fp32" on CPU')
+    return precision
+
+
 def make_runtime(cfg: PretrainConfig) -> Runtime:
     """Device, DDP rank and precision for this process."""
     training = cfg.training
@@ -60,16 +77,10 @@ def make_runtime(cfg: PretrainConfig) -> Runtime:
             device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    precision = training.precision
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "fp32"
-    if precision in ("bf16", "fp16") and device.type != "cuda":
-        raise MedzooError(
-            f'training.precision = {precision} needs a GPU: use "auto" or "fp32" on CPU'
-        )
+    try:
+        precision = resolve_precision(device, training.precision)
+    except MedzooError as err:
+        raise MedzooError(f"training.{err}") from None
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return Runtime(
         device=device,

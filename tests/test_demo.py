@@ -28,6 +28,17 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     )
     summary = (out / "summary.md").read_text()
     assert "demo-bt-liver-r18" in summary and "random-r18" in summary
+    assert "(n=" in summary and "**optimiser steps**" in summary and "1000 GPU epochs" in summary
+    # every fine-tune run of the demo grid trains at least min_steps, at every budget
+    import json
+
+    from medzoo.evaluate import load_eval_config
+
+    min_steps = load_eval_config(RECIPES / "eval-demo.toml").finetune.min_steps
+    rows = json.loads((out / "eval" / "results.json").read_text())
+    tuned = [r for r in rows if r["strategy"] == "finetune"]
+    assert {r["budget"] for r in tuned} == {r["budget"] for r in rows} and len(tuned) >= 6
+    assert all(r["steps"] >= min_steps for r in tuned), [r["steps"] for r in tuned]
     assert (out / "export" / "model.onnx").is_file()
     assert (out / "bench" / "bench.md").is_file()
     assert (out / "hub" / "model.safetensors").is_file() and (out / "hub" / "README.md").is_file()

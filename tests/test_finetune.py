@@ -12,7 +12,17 @@ from medzoo.models import group_of
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CPU = torch.device("cpu")
-TINY = FinetuneConfig(epochs=2, lr=1e-2, batch_size=4, patience=5, eval_batch_size=8, augment=False)
+TINY = FinetuneConfig(
+    min_steps=4,
+    max_steps=4,
+    eval_every_steps=2,
+    lr=1e-2,
+    head_lr=1e-2,
+    batch_size=4,
+    patience=5,
+    eval_batch_size=8,
+    augment=False,
+)
 
 
 def _data(n: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +61,7 @@ def test_surgical_changes_only_the_chosen_groups_and_the_head():
     assert "layer4.1.bn2.running_mean" in changed
 
 
-def test_full_finetune_moves_the_stem_and_restores_the_best_epoch():
+def test_full_finetune_moves_the_stem_and_restores_the_best_step():
     model = _model()
     stem_before = model.conv1.weight.clone()
     images, labels = _data()
@@ -60,11 +70,11 @@ def test_full_finetune_moves_the_stem_and_restores_the_best_epoch():
         in_chans=3, device=CPU, seed=1,
     )  # fmt: skip
     assert not torch.equal(stem_before, result.model.conv1.weight)
-    assert 0 <= result.best_epoch < result.epochs_run <= TINY.epochs
-    assert len(result.history) == result.epochs_run
+    assert result.steps == TINY.max_steps and result.best_step in (2, 4)
+    assert [h["step"] for h in result.history] == [2, 4]  # validation every 2 steps
     best = max(h["val_accuracy"] for h in result.history)
     assert result.val_accuracy == best
-    # the restored weights are the best epoch's: re-measuring val reproduces its accuracy
+    # the restored weights are the best step's: re-measuring val reproduces its accuracy
     probs = predict_probs(result.model, images[:4], MEAN, STD, in_chans=3, device=CPU)
     assert float((probs.argmax(1) == labels[:4].numpy()).mean()) == pytest.approx(best)
 
@@ -88,11 +98,11 @@ def test_grayscale_images_feed_a_one_channel_model_and_augment_is_used():
         return (x.float() / 255 - 0.5) / 0.25
 
     finetune(
-        model, images, labels, images[:3], labels[:3], config=FinetuneConfig(epochs=1, batch_size=4, augment=True),
+        model, images, labels, images[:3], labels[:3], config=FinetuneConfig(min_steps=2, max_steps=2, eval_every_steps=2, batch_size=4, augment=True),
         mean=(0.5,), std=(0.25,), in_chans=1, device=CPU, augment=augment, train_subset=np.arange(6),
     )  # fmt: skip
     assert calls and all(shape[1] == 1 for shape in calls)
-    assert sum(shape[0] for shape in calls) == 6  # one epoch over the subset's rows only
+    assert sum(shape[0] for shape in calls) == 6  # two steps of 4 + 2: one pass over the subset
 
 
 def test_too_few_images_is_an_error():
@@ -128,6 +138,6 @@ def test_cuda_bf16_channels_last_finetune_and_features_match_cpu():
         _model(), images, labels, images[:8], labels[:8], config=TINY, mean=MEAN, std=STD,
         in_chans=3, device=cuda, trainable_groups=["layer4"], precision="auto",
     )  # fmt: skip
-    assert next(result.model.parameters()).is_cuda and result.epochs_run >= 1
+    assert next(result.model.parameters()).is_cuda and result.steps >= 1
     probs = predict_probs(result.model, images, MEAN, STD, in_chans=3, device=cuda)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-3)

@@ -72,7 +72,7 @@ def test_summary_is_mean_and_sd_over_seeds():
 
 def test_aggregate_counts_seeds():
     stats = report.aggregate(_rows())
-    mean, sd, n = stats[("crc", "random-r18", "probe", 1.0)]
+    mean, sd, n = stats[("crc", "random-r18", "probe", "100 %")]
     assert n == 2 and mean == pytest.approx(0.505) and sd == pytest.approx(0.00707, abs=1e-4)
 
 

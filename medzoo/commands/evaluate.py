@@ -19,7 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("recipe", help="evaluation recipe (TOML), e.g. recipes/eval-crc.toml")
     evaluate.add_argument("--data-root", help="MIMeta root (default: MEDZOO_DATA or data/mimeta)")
     evaluate.add_argument("--out", help="run folder (default: runs/eval-<recipe>-<timestamp>/)")
-    add_set_option(evaluate, "seeds=[0] --set finetune.epochs=2")
+    evaluate.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the grid (runs, subset sizes, step budgets) after validation; train nothing",
+    )
+    add_set_option(evaluate, "seeds=[0] --set finetune.max_steps=50")
     evaluate.set_defaults(func=_evaluate)
 
     head = subparsers.add_parser(
@@ -42,9 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from medzoo.evaluate import evaluate, load_eval_config
+    from medzoo.evaluate import evaluate, load_eval_config, show_plan
 
     cfg = load_eval_config(args.recipe, args.overrides)
+    if args.plan:
+        print(show_plan(cfg, data_root=args.data_root), end="")
+        return 0
     out = evaluate(cfg, data_root=args.data_root, out=args.out)
     print(f"results: {out / 'results.csv'}")
     print(f"summary: {out / 'summary.md'}")

@@ -66,12 +66,23 @@ def label_fraction_indices(
                 f"class(es) {', '.join(map(str, empty))} have no training images, so no "
                 "label fraction can hold one image per class; check the dataset's train split"
             )
-    chosen = []
-    for cls in present:
+    counts = {int(c): per_class_count(int(np.sum(array == c)), value) for c in present}
+    return stratified_indices(array, counts, seed)
+
+
+def stratified_indices(labels: Any, counts: dict[int, int], seed: int) -> np.ndarray:
+    """Sorted int64 indices: the first ``counts[c]`` images of class ``c`` in the seeded order.
+
+    The order of a class depends only on (seed, class), so subsets with larger counts contain
+    the smaller ones (fractions, shots and matched validation subsets are all nested).
+    """
+    array = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels).astype(np.int64)
+    chosen = [np.zeros(0, np.int64)]
+    for cls, count in sorted(counts.items()):
         rows = np.flatnonzero(array == cls)
         # one generator per (seed, class): a class's order does not depend on the others
         order = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(cls) & 0xFFFFFFFF]).permutation(
             len(rows)
         )
-        chosen.append(rows[order[: per_class_count(len(rows), value)]])
+        chosen.append(rows[order[: min(int(count), len(rows))]])
     return np.sort(np.concatenate(chosen))

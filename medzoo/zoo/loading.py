@@ -59,18 +59,23 @@ def load(
     device: Any = None,
     *,
     in_chans: int | None = None,
+    seed: int | None = None,
 ) -> Any:
     """A timm model in eval mode with ``name``'s weights, their sha256 checked before loading.
 
     ``name`` is a zoo name, or ``hf-hub:ORG/NAME`` / ``local-dir:PATH`` passed through to
     ``timm.create_model(..., pretrained=True)`` (safetensors only). ``num_classes`` different from
     the entry's puts a new randomly initialised head on top; ``in_chans`` different from the
-    entry's adapts conv1 the way timm does (summing RGB filters for one channel).
+    entry's adapts conv1 the way timm does (summing RGB filters for one channel). ``seed`` picks
+    the draw of a random-init entry (``method = "random"``, default 0); other entries have fixed
+    weights and refuse a seed.
     """
     if name.startswith(("hf-hub:", "local-dir:")):
+        if seed is not None:
+            raise MedzooError(f"seed= applies to random-init zoo entries, not to {name}")
         model = _load_timm_source(name, num_classes, pretrained, in_chans)
     else:
-        model = _load_entry(model_info(name), num_classes, pretrained, in_chans)
+        model = _load_entry(model_info(name), num_classes, pretrained, in_chans, seed)
     if device is not None:
         model = model.to(device)
     return model.eval()
@@ -121,10 +126,18 @@ def _local_weights(entry: ZooEntry) -> dict[str, Any] | None:
 
 
 def _load_entry(
-    entry: ZooEntry, num_classes: int | None, pretrained: bool, in_chans: int | None
+    entry: ZooEntry,
+    num_classes: int | None,
+    pretrained: bool,
+    in_chans: int | None,
+    seed: int | None = None,
 ) -> Any:
-    import torch
-
+    if entry.method == "random":
+        return _random_init(entry, num_classes, in_chans, 0 if seed is None else int(seed))
+    if seed is not None:
+        raise MedzooError(
+            f"seed= applies to random-init zoo entries; {entry.name} has fixed weights"
+        )
     if not pretrained:
         return _create(entry, num_classes, in_chans)
     state = local_weights(entry)
@@ -134,17 +147,28 @@ def _load_entry(
         return _create(entry, num_classes, in_chans, state)
     if entry.timm_name:
         return _timm_pretrained(entry, num_classes, in_chans)
-    if entry.method == "random":
-        with torch.random.fork_rng(devices=[]):  # the same "random" backbone every time
-            torch.manual_seed(0)
-            model = _create(entry, None, in_chans)
-        if num_classes is not None and num_classes != entry.num_classes:
-            # a new head after the seeded backbone, so the backbone is the same for any head
-            model.reset_classifier(int(num_classes))
-            model.pretrained_cfg["num_classes"] = int(num_classes)
-        return model
     how = f"run `{entry.make_target}` to train it" if entry.make_target else "train or publish it"
     raise MedzooError(f"{entry.name} has no weights on this machine and is not published: {how}")
+
+
+def _random_init(entry: ZooEntry, num_classes: int | None, in_chans: int | None, seed: int) -> Any:
+    """A seeded random backbone with live residual branches (a real random-features baseline).
+
+    timm's default ``zero_init_last=True`` zeroes the last BatchNorm weight of every residual
+    block, so in eval mode each block is the identity and the "random features" would be conv1
+    plus three 1x1 shortcuts, the same for every seed. ``zero_init_last=False`` keeps timm's
+    (Kaiming) init of the whole network; the seed draws it, so seeds carry init variance.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
+        torch.manual_seed(seed)
+        model = _create(entry, None, in_chans, zero_init_last=False)
+    if num_classes is not None and num_classes != entry.num_classes:
+        # a new head after the seeded backbone, so the backbone is the same for any head
+        model.reset_classifier(int(num_classes))
+        model.pretrained_cfg["num_classes"] = int(num_classes)
+    return model
 
 
 def _adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
@@ -158,6 +182,7 @@ def _create(
     num_classes: int | None,
     in_chans: int | None,
     state: dict[str, Any] | None = None,
+    **model_kwargs: Any,
 ) -> Any:
     """A timm model whose pretrained_cfg describes the entry, with ``state`` loaded."""
     import timm
@@ -186,6 +211,7 @@ def _create(
             num_classes=classes,
             in_chans=chans,
             pretrained_cfg_overlay=overlay,
+            **model_kwargs,
         )
     except RuntimeError as err:
         if "Unknown model" in str(err):
