@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,6 +277,7 @@ def augmenter(
     mean: Sequence[float],
     std: Sequence[float],
     image_size: int,
+    data_root: str | Path | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """One augmented, normalised view per uint8 image with ``dataset``'s preset (or None)."""
     if not config.augment:
@@ -288,7 +290,7 @@ def augmenter(
     # pre-training-only distortions: blur, solarisation, grayscale (stain colour is signal)
     params = resolve_augment(
         AugmentConfig(
-            preset=domain_preset(dataset),
+            preset=domain_preset(dataset, data_root),
             crop_scale=config.crop_scale,
             blur_prob=(0.0, 0.0),
             solarize_prob=(0.0, 0.0),
@@ -312,6 +314,7 @@ def finetune_split(
     trainable_groups: Sequence[str] | None,
     dataset: str,
     seed: int,
+    data_root: str | Path | None = None,
     precision: str = "auto",
     val_subset: np.ndarray | None = None,
     from_scratch: bool = False,
@@ -324,6 +327,8 @@ def finetune_split(
     separate step (:func:`predict_probs` on the returned model).
 
     Args:
+        data_root: the MIMeta root of ``dataset`` (its ``info.yaml`` picks the augmentation
+            preset of a dataset outside the named domains).
         from_scratch: the init is a random backbone; its rate is ``config.scratch_lr``.
         init_seed: the draw of a random-init entry (``medzoo.load(init, seed=...)``).
         head: ``(weight, bias)`` to start the head from (LP-FT: the fitted linear probe);
@@ -341,7 +346,7 @@ def finetune_split(
     return finetune(
         model, train.images, train.labels, val.images, val.labels, config=config,
         mean=mean, std=std, in_chans=in_chans, device=device, trainable_groups=trainable_groups,
-        augment=augmenter(dataset, config, mean, std, train.image_size), seed=seed,
+        augment=augmenter(dataset, config, mean, std, train.image_size, data_root), seed=seed,
         precision=precision, train_subset=subset, val_subset=val_subset,
         lr=config.scratch_lr if from_scratch else config.lr,
     )  # fmt: skip

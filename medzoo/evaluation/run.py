@@ -165,7 +165,8 @@ def _finetune(
     return finetune_split(
         runner.init, runner.splits, subset, config=cfg.surgical if surgical else cfg.finetune,
         mean=ctx.mean, std=ctx.std, in_chans=ctx.in_chans, device=runner.device,
-        trainable_groups=groups, dataset=runner.dataset, seed=seed, precision=cfg.precision,
+        trainable_groups=groups, dataset=runner.dataset, data_root=runner.root, seed=seed,
+        precision=cfg.precision,
         val_subset=val_subset, from_scratch=runner.random, init_seed=ctx.seed, head=head,
     )  # fmt: skip
 
@@ -252,7 +253,12 @@ def evaluate(
 
     from medzoo.config import data_root as resolve_root
     from medzoo.config import dump_toml
-    from medzoo.provenance import atomic_write_json, atomic_write_text, provenance
+    from medzoo.provenance import (
+        atomic_write_json,
+        atomic_write_text,
+        ensure_writable_dir,
+        provenance,
+    )
 
     root = resolve_root(data_root or cfg.data_root)
     plan, inits = plan_grid(cfg, root)
@@ -260,6 +266,7 @@ def evaluate(
     if (out / "results.json").exists():
         raise MedzooError(f"{out} already holds results; choose another --out or remove it")
     device = resolve_device(cfg.device)
+    ensure_writable_dir(out, what="the evaluation folder")  # before any work, not after it
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "recipe.json", to_dict(cfg))
     atomic_write_text(out / "recipe.toml", dump_toml(to_dict(cfg)))  # re-runnable as is
