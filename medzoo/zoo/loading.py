@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from medzoo.errors import MedzooError
-from medzoo.zoo.entry import CONFIG_FILE, WEIGHTS_FILE, ZooEntry, read_weights, refuse_pickles
+from medzoo.zoo.entry import (
+    CONFIG_FILE,
+    SOURCE_KEYS,
+    WEIGHTS_FILE,
+    ZooEntry,
+    pretrained_cfg,
+    read_weights,
+    refuse_pickles,
+)
 from medzoo.zoo.registry import entry_folder, model_info
 
 
@@ -90,18 +98,18 @@ def _load_entry(
     import torch
 
     if not pretrained:
-        return _create(entry, num_classes, in_chans)
+        return build_model(entry, num_classes, in_chans)
     state = local_weights(entry)
     if state is None and entry.hub_repo_id:
         state = _hub_weights(entry)
     if state is not None:
-        return _create(entry, num_classes, in_chans, state)
+        return build_model(entry, num_classes, in_chans, state)
     if entry.timm_name:
         return _timm_pretrained(entry, num_classes, in_chans)
     if entry.method == "random":
         with torch.random.fork_rng(devices=[]):  # the same "random" backbone every time
             torch.manual_seed(0)
-            model = _create(entry, None, in_chans)
+            model = build_model(entry, None, in_chans)
         if num_classes is not None and num_classes != entry.num_classes:
             # a new head after the seeded backbone, so the backbone is the same for any head
             model.reset_classifier(int(num_classes))
@@ -111,45 +119,30 @@ def _load_entry(
     raise MedzooError(f"{entry.name} has no weights on this machine and is not published: {how}")
 
 
-def _adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    if len(values) == in_chans:
-        return values
-    return (sum(values) / len(values),) * in_chans
-
-
-def _create(
+def build_model(
     entry: ZooEntry,
     num_classes: int | None,
     in_chans: int | None,
     state: dict[str, Any] | None = None,
 ) -> Any:
-    """A timm model whose pretrained_cfg describes the entry, with ``state`` loaded."""
+    """A timm model built from ``entry``: its own ``pretrained_cfg``, ``state`` loaded if given.
+
+    ``num_classes`` / ``in_chans`` different from the entry's put a new head on / adapt conv1.
+    """
     import timm
 
     classes = entry.num_classes if num_classes is None else int(num_classes)
     chans = entry.in_chans if in_chans is None else int(in_chans)
     same_head = classes == entry.num_classes
-    overlay = {
-        "input_size": (chans, *entry.input_size[1:]),
-        "mean": _adapt_stats(entry.mean, chans),
-        "std": _adapt_stats(entry.std, chans),
-        "interpolation": entry.interpolation,
-        "crop_pct": entry.crop_pct,
-        "num_classes": classes,
-        "label_names": entry.label_names if same_head and entry.label_names else None,
-        "license": entry.license,
-        "hf_hub_id": entry.hub_repo_id,
-        "url": None,
-        "tag": None,
-        "source": "medzoo",
-    }
+    # the entry's own PretrainedCfg, whole: nothing inherited from timm's default tag
+    cfg = pretrained_cfg(entry, in_chans=chans, num_classes=classes)
     try:
         model = timm.create_model(
             entry.arch,
             pretrained=False,
             num_classes=classes,
             in_chans=chans,
-            pretrained_cfg_overlay=overlay,
+            pretrained_cfg=cfg,
         )
     except RuntimeError as err:
         if "Unknown model" in str(err):
@@ -228,8 +221,18 @@ def _timm_pretrained(entry: ZooEntry, num_classes: int | None, in_chans: int | N
     try:
         if not _timm_weights_cached(entry.timm_name) and _hub_unreachable():
             raise OSError("offline")
+        # timm's weights, the entry's preprocessing and provenance (source keys stay timm's)
+        overlay = {
+            key: value
+            for key, value in pretrained_cfg(entry, in_chans=chans, num_classes=classes).items()
+            if key not in SOURCE_KEYS
+        }
         return timm.create_model(
-            entry.timm_name, pretrained=True, num_classes=classes, in_chans=chans
+            entry.timm_name,
+            pretrained=True,
+            num_classes=classes,
+            in_chans=chans,
+            pretrained_cfg_overlay=overlay,
         )
     except Exception as err:
         if not _is_network_error(err):
