@@ -108,6 +108,7 @@ def test_backbone_export_carries_metadata_and_a_dynamic_batch(
     import onnx
     import onnxruntime as ort
 
+    from medzoo import data_config as medzoo_data_config
     from medzoo.zoo.index import model_info
 
     entry = model_info(BACKBONE)
@@ -123,6 +124,10 @@ def test_backbone_export_carries_metadata_and_a_dynamic_batch(
     assert json.loads(meta["input_size"]) == [3, 32, 32] and meta["in_chans"] == "3"
     assert {"medzoo", "torch", "onnx"} <= set(json.loads(meta["versions"]))
     assert "label_names" not in meta and meta["output"] == "embedding"
+    # the preprocessing rule is recorded, the same one medzoo.data_config states
+    rule = medzoo_data_config(BACKBONE)
+    assert meta["interpolation"] == rule["interpolation"] and meta["crop_mode"] == "center"
+    assert float(meta["crop_pct"]) == rule["crop_pct"]
     onnx.checker.check_model(str(backbone_export / "model.onnx"), full_check=True)
     session = ort.InferenceSession(
         str(backbone_export / "model.onnx"), providers=["CPUExecutionProvider"]

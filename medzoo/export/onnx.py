@@ -118,6 +118,9 @@ def entry_metadata(entry: Any) -> dict[str, Any]:
         "label_names": list(entry.label_names),
         "datasets": list(entry.datasets),
         "interpolation": entry.interpolation,
+        # the preprocessing rule (medzoo.data.transforms): resize short side, centre crop
+        "crop_pct": float(entry.crop_pct),
+        "crop_mode": "center",
     }
 
 
@@ -152,6 +155,11 @@ def model_props(
         if include_preprocessing
         else "float32 NCHW, (pixels / 255 - mean) / std",
         "include_preprocessing": "true" if include_preprocessing else "false",
+        # how images become input_size pixels before the graph (timm's evaluation transform)
+        "interpolation": str(meta.get("interpolation", "bilinear")),
+        "crop_pct": str(meta.get("crop_pct", 1.0)),
+        "crop_mode": str(meta.get("crop_mode", "center")),
+        "resize": "short side to floor(size / crop_pct), then centre crop to input_size",
         "versions": json.dumps(_library_versions()),
         "created": utc_now(),
     }
