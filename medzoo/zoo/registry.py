@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,20 @@ def write_registry(models: Mapping[str, dict[str, Any]]) -> None:
     atomic_write_json(_registry_path(), {"format": 1, "models": dict(sorted(models.items()))})
 
 
-def list_models() -> list[str]:
-    """Names of every model in the packaged catalog and the local registry, sorted."""
-    return sorted(set(_catalog()) | set(read_registry()))
+def list_models(filter: str | Sequence[str] = "") -> list[str]:
+    """Names in the packaged catalog and the local registry, sorted.
+
+    ``filter``: an fnmatch pattern or a list of them (any may match), as in
+    ``timm.list_models(filter=...)``; empty lists every model.
+    """
+    import fnmatch
+
+    names = sorted(set(_catalog()) | set(read_registry()))
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        return names
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def model_info(name: str) -> ZooEntry:
