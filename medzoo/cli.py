@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from medzoo.commands.common import configure_logging
+
+    configure_logging(quiet=getattr(args, "quiet", False))
     try:
         result = args.func(args)
     except MedzooError as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medzoo.commands.common import add_data_root, add_json, data_root_of
 from medzoo.errors import MedzooError
 
 
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or another source, resumably, checksummed, unpacked into ROOT/<id>.",
     )
     fetch.add_argument("datasets", nargs="+", metavar="DATASET", help="ids, e.g. crc organs_axial")
-    fetch.add_argument("--root", required=True, help="MIMeta root to unpack into")
+    add_data_root(fetch, what="MIMeta root to unpack into", hidden_aliases=("--root",))
     fetch.add_argument(
         "--source", default=None,
         help="URL (archive, base URL or {id} template), hf:ORG/NAME (Hub dataset repo), "
@@ -57,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="table of the datasets in a root",
         description="Datasets, tasks, classes, split sizes, image size and channels.",
     )
-    info.add_argument("root", metavar="ROOT", help="MIMeta root")
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_data_root(info, hidden_positional=True)
+    add_json(info, "the table")
     info.set_defaults(func=_info)
 
     bench = sub.add_parser(
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Images/s of medzoo's batched HDF5 reader against mimeta.MIMeta.__getitem__ "
         "on the same split, both giving uint8 tensors at --image-size.",
     )
-    bench.add_argument("root", metavar="ROOT", help="MIMeta root (e.g. from `medzoo data synth`)")
+    add_data_root(bench, what="MIMeta root (e.g. from `medzoo data synth`)", hidden_positional=True)
     bench.add_argument("--dataset", default="crc", help="dataset id (default crc)")
     bench.add_argument("--split", default="train", help="split (default train)")
     bench.add_argument(
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--image-size", type=int, default=224, help="output size (default 224)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per reader (default 3)")
-    bench.add_argument("--json", action="store_true", help="print JSON")
+    add_json(bench, "the measurements")
     bench.set_defaults(func=_bench)
 
 
@@ -93,7 +94,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from medzoo.data.fetch import fetch_datasets
 
-    for path in fetch_datasets(args.datasets, args.root, source=args.source, force=args.force):
+    root = data_root_of(args)
+    for path in fetch_datasets(args.datasets, root, source=args.source, force=args.force):
         print(f"ready {path}")
     return 0
 
@@ -109,11 +111,12 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
 def _info(args: argparse.Namespace) -> int:
     from medzoo.data.mimeta import describe
 
-    rows = describe(args.root)
+    root = data_root_of(args)
+    rows = describe(root)
     if not rows:
         raise MedzooError(
-            f"no datasets in {args.root}; run `medzoo data synth {args.root}` or "
-            f"`medzoo data fetch crc --root {args.root}`"
+            f"no datasets in {root}; run `medzoo data synth {root}` or "
+            f"`medzoo data fetch crc --data-root {root}`"
         )
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -129,7 +132,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.limit < 1 or args.repeats < 1 or args.image_size < 1:
         raise MedzooError("--limit, --repeats and --image-size must be positive")
     result = run_bench(
-        args.root, args.dataset, args.split, limit=args.limit, image_size=args.image_size,
+        data_root_of(args), args.dataset, args.split, limit=args.limit, image_size=args.image_size,
         repeats=args.repeats,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medzoo.commands import add_set_option
+from medzoo.commands.common import add_data_root, add_quiet, add_set_option, progress_enabled
 from medzoo.errors import MedzooError
 
 
@@ -19,9 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: medzoo pretrain recipes/pretrain-crc.toml --set training.epochs=10",
     )
     parser.add_argument("recipe", help="recipe TOML file (see recipes/)")
-    parser.add_argument(
-        "--data-root", help="MIMeta root (default: recipe data.root, $MEDZOO_DATA or data/mimeta)"
-    )
+    add_data_root(parser, recipe=True)
     parser.add_argument(
         "--out", help="run folder for checkpoints and logs (default: runs/pretrain-NAME)"
     )
@@ -33,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--no-register", action="store_true", help="train only; do not write a zoo entry"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_quiet(parser)
+    parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             resume=args.resume,
             register=not args.no_register,
-            progress=not args.no_progress,
+            progress=progress_enabled(args),
         )
     except FileNotFoundError as err:
         raise MedzooError(f"{err.filename or err}: file not found") from None

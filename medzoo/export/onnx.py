@@ -513,11 +513,12 @@ def export_model(
     entry = model_info(name)
     if int8 and calibration_root is None:
         raise MedzooError(
-            "--int8 needs calibration images: add --calibration-data ROOT (a MIMeta root with the model's datasets)"
+            "--int8 needs calibration images: add --data-root ROOT (a MIMeta root with the model's datasets)"
         )
     if int8 and not Path(calibration_root).is_dir():
         raise MedzooError(
-            f"calibration data root {calibration_root} does not exist; pass a MIMeta root"
+            f"--int8 calibrates on the data root {calibration_root}, which does not exist; pass "
+            "--data-root ROOT (a MIMeta root with the model's datasets) or set MEDZOO_DATA"
         )
     meta = entry_metadata(entry)
     data = ExportData()
