@@ -513,6 +513,10 @@ def evaluate(
     _write_report(rows, keep, cfg, out)
     if cfg.update_zoo:
         write_back_metrics(rows, inits)
+        from medzoo.zoo.index import attach_evaluation
+
+        for init in inits:  # summary and figures into the entry, for its model card
+            attach_evaluation(init, out)
     return out
 
 

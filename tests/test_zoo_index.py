@@ -162,7 +162,7 @@ def test_update_metrics_merges_into_registry_and_folder(gray_backbone) -> None:
     config = json.loads((index.entry_folder("bt-liver-r18") / "config.json").read_text())
     assert config["medzoo"]["metrics"] == entry.metrics
     assert (
-        "organs_sagittal/probe/accuracy"
+        "| organs_sagittal | linear probe | 100% | 0.600 |"
         in (index.entry_folder("bt-liver-r18") / "README.md").read_text()
     )
     with pytest.raises(TypeError):

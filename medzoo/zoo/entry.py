@@ -349,3 +349,25 @@ def num_features(arch: str) -> int:
 
     with torch.device("meta"):  # no memory, no init: only the attribute is wanted
         return int(timm.create_model(arch, pretrained=False, num_classes=0).num_features)
+
+
+def model_stats(entry: ZooEntry) -> dict[str, float]:
+    """Parameters (millions) and GMACs at the entry's input size, as timm's cards list them.
+
+    Counted on the meta device (no memory, no weights) with ``torch.utils.flop_counter``, which
+    counts convolutions and matrix products: MACs = FLOPs / 2.
+    """
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = timm.create_model(
+            entry.arch, pretrained=False, num_classes=entry.num_classes, in_chans=entry.in_chans
+        ).eval()
+        x = torch.empty(1, *entry.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params_m": params / 1e6, "gmacs": counter.get_total_flops() / 2 / 1e9}
