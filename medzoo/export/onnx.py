@@ -222,27 +222,26 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     with quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    _toposort(model.graph)  # the converter appends its input Casts at the end of the node list
+    model = _toposort(model)  # the converter appends its input Casts at the end of the node list
     props = {p.key: p.value for p in model.metadata_props}
     props[META_PREFIX + "precision"] = "fp16"
     set_props(model, props)
     onnx.save(model, str(dst))
 
 
-def _toposort(graph: Any) -> None:
-    """Reorder ``graph.node`` so that every node comes after the producers of its inputs."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise MedzooError("the fp16 graph has a cycle or a dangling input; export fp32 instead")
-        for node in ready:
-            available.update(node.output)
-            ordered.append(node)
-        pending = [n for n in pending if n not in ready]
-    del graph.node[:]
-    graph.node.extend(ordered)
+def _toposort(model: Any) -> Any:
+    """``model`` with its nodes in topological order (onnx_ir's stable sort pass)."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import TopologicalSortPass
+
+    try:
+        ir_model = ir.from_proto(model)
+        TopologicalSortPass()(ir_model)
+        return ir.to_proto(ir_model)
+    except Exception as err:  # a cycle or a dangling input: onnx_ir's errors vary by version
+        raise MedzooError(
+            f"the fp16 graph cannot be ordered ({type(err).__name__}); export fp32 instead"
+        ) from None
 
 
 def check_graph(path: Path) -> None:

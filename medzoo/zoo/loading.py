@@ -13,7 +13,6 @@ Names resolve through :mod:`medzoo.zoo.registry`; :mod:`medzoo.zoo.index` re-exp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +193,7 @@ def _is_network_error(err: BaseException) -> bool:
 
 
 def _hub_unreachable() -> bool:
-    """True when HF_HUB_OFFLINE is set or the Hub endpoint does not accept a connection.
+    """True in huggingface_hub's offline mode or when the Hub endpoint refuses a connection.
 
     Asked before a download so that an offline machine gets its one-line error at once instead
     of after huggingface_hub's retries with backoff (half a minute per file).
@@ -202,9 +201,11 @@ def _hub_unreachable() -> bool:
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():  # HF_HUB_OFFLINE, as huggingface_hub itself reads it
         return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((endpoint.hostname or "", port), timeout=5).close()
