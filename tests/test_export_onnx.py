@@ -206,7 +206,7 @@ def test_int8_below_the_bar_fails_and_says_so(
     [
         (["export", "no-such-model"], "unknown zoo model"),
         (["export", BACKBONE, "--opset", "11"], "--opset 11 is not supported"),
-        (["export", BACKBONE, "--int8"], "--int8 calibrates on the data root"),
+        (["export", BACKBONE, "--int8"], "--int8 needs calibration images from the data root"),
         (["export", BACKBONE, "--int8", "--data-root", "/nonexistent"], "pass --data-root"),
         (["export", BACKBONE, "--int8", "--calibration-data", "/nonexistent"], "does not exist"),
         (["export", "Bad/Name"], "invalid zoo model name"),

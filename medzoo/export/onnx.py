@@ -516,7 +516,7 @@ def export_model(
         )
     if int8 and not Path(calibration_root).is_dir():
         raise MedzooError(
-            f"--int8 calibrates on the data root {calibration_root}, which does not exist; pass "
+            f"--int8 needs calibration images from the data root {calibration_root}, which does not exist; pass "
             "--data-root ROOT (a MIMeta root with the model's datasets) or set MEDZOO_DATA"
         )
     meta = entry_metadata(entry)
