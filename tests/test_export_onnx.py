@@ -220,3 +220,23 @@ def test_bad_export_arguments_give_one_line(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_cli_export_json_and_one_line_per_step(
+    zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints the result on stdout; each export step is one plain line on stderr."""
+    import logging
+
+    from medzoo.commands.common import configure_logging
+
+    assert main(["export", BACKBONE, "--out", str(tmp_path / "e"), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["files"] == {"fp32": "model.onnx"} and result["parity"]["fp32"]["max_rel"] < 1e-4
+    lines = captured.err.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == ["fp32", "fp32"]
+    assert "graph written and checked" in lines[0] and "parity max abs" in lines[1]
+    configure_logging(quiet=True)  # what --quiet does: the medzoo logger shows warnings only
+    assert logging.getLogger("medzoo").getEffectiveLevel() == logging.WARNING
+    configure_logging(quiet=False)

@@ -67,7 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--export-dir", metavar="DIR", help="where the ONNX export lives (default exports/NAME)"
     )
-    add_quiet(predict)
     predict.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
     add_json(predict, "the predictions")
     predict.set_defaults(func=run_predict)

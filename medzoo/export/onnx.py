@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -71,6 +72,8 @@ from medzoo.export.runtime import (
 from medzoo.export.runtime import (
     run_session as run_session,
 )
+
+log = logging.getLogger("medzoo.export")
 
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
@@ -291,9 +294,7 @@ def export_module(
     data = data or ExportData()
     check_opset(opset)
     if int8 and (data.test_images is None or data.train_images is None):
-        raise MedzooError(
-            "--int8 needs calibration data: pass --calibration-data ROOT (a MIMeta root)"
-        )
+        raise MedzooError("--int8 needs calibration data: pass --data-root ROOT (a MIMeta root)")
     out_dir = Path(out_dir)
     model = model.eval().float()
     module = (
@@ -323,6 +324,7 @@ def export_module(
             raise MedzooError(
                 f"onnx.checker rejected the export: {str(err).splitlines()[0]}"
             ) from err
+        log.info("export %s: fp32 graph written and checked (opset %d)", meta["name"], opset)
         files = {"fp32": MODEL_FILE}
         parity = {
             "fp32": check_parity(
@@ -334,6 +336,7 @@ def export_module(
                 include_preprocessing=include_preprocessing,
             )
         }
+        _log_parity(meta["name"], "fp32", parity["fp32"])
         if fp16:
             convert_fp16(path, tmp / FP16_FILE)
             check_graph(tmp / FP16_FILE)
@@ -346,6 +349,7 @@ def export_module(
                 include_preprocessing=include_preprocessing,
             )
             files["fp16"] = FP16_FILE
+            _log_parity(meta["name"], "fp16", parity["fp16"])
         agreement = None
         if int8:
             calibration = data.train_images[_spread(len(data.train_images), CALIBRATION_IMAGES)]
@@ -368,6 +372,9 @@ def export_module(
                     "(use the fp32 or fp16 export)"
                 )
             files["int8"] = INT8_FILE
+            log.info(
+                "export %s: int8 top-1 agreement with fp32 %.2f%%", meta["name"], agreement * 100
+            )
         requested = files.get("int8") or files.get("fp16") or MODEL_FILE
         result = ExportResult(
             name=meta["name"],
@@ -390,6 +397,15 @@ def export_module(
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _log_parity(name: str, precision: str, check: Mapping[str, Any]) -> None:
+    """One progress line per export step (the ``medzoo`` program shows them; ``--quiet`` not)."""
+    log.info(
+        "export %s: %s parity max abs %.2e, rel %.2e on %s images",
+        name, precision, check.get("max_abs", float("nan")), check.get("max_rel", float("nan")),
+        check.get("images", "?"),
+    )  # fmt: skip
 
 
 def _spread(n: int, k: int) -> np.ndarray:
