@@ -228,7 +228,7 @@ def test_cli_export_json_and_one_line_per_step(
     """--json prints the result on stdout; each export step is one plain line on stderr."""
     import logging
 
-    from medzoo.commands.common import configure_logging
+    from medzoo.commands.common import program_logging
 
     assert main(["export", BACKBONE, "--out", str(tmp_path / "e"), "--json"]) == 0
     captured = capsys.readouterr()
@@ -237,6 +237,7 @@ def test_cli_export_json_and_one_line_per_step(
     lines = captured.err.splitlines()
     assert [line.split(":")[1].split()[0] for line in lines] == ["fp32", "fp32"]
     assert "graph written and checked" in lines[0] and "parity max abs" in lines[1]
-    configure_logging(quiet=True)  # what --quiet does: the medzoo logger shows warnings only
-    assert logging.getLogger("medzoo").getEffectiveLevel() == logging.WARNING
-    configure_logging(quiet=False)
+    with program_logging(quiet=True):  # what --quiet does: the medzoo logger shows warnings only
+        assert logging.getLogger("medzoo").getEffectiveLevel() == logging.WARNING
+    handlers = logging.getLogger("medzoo").handlers  # nothing left behind after the command
+    assert all(isinstance(h, logging.NullHandler) for h in handlers)

@@ -14,8 +14,10 @@ Old spellings stay as hidden aliases only where the README used them (``data fet
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +126,22 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(quiet: bool = False) -> None:
-    """Show the ``medzoo`` logger's INFO lines (progress, notes) on stderr; only its own logger.
+@contextlib.contextmanager
+def program_logging(quiet: bool = False) -> Iterator[None]:
+    """For one run of the ``medzoo`` program: the ``medzoo`` logger's INFO lines on stderr.
 
-    The library never configures logging; the command-line program does, for its own logger
-    only (the root logger and other libraries' loggers are left as they are).
+    Only medzoo's own logger is touched (the root logger and other libraries' loggers are left
+    as they are), and only while the command runs: ``main()`` called in-process leaves the
+    logging setup as it found it. ``quiet`` shows warnings only.
     """
     logger = logging.getLogger("medzoo")
-    handler = next((h for h in logger.handlers if isinstance(h, _StderrHandler)), None)
-    if handler is None:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
