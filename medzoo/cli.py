@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from medzoo.commands.common import program_logging
+
     try:
-        result = args.func(args)
+        with program_logging(quiet=getattr(args, "quiet", False)):
+            result = args.func(args)
     except MedzooError as err:
         print(f"medzoo: error: {err}", file=sys.stderr)
         return 2

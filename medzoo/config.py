@@ -482,33 +482,16 @@ def load_pretrain_config(
     return load_recipe(PretrainConfig, path, overrides)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        import json
-
-        return json.dumps(value)
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+        return [_without_none(v) for v in value]
+    return value
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """Write a recipe dict (scalars, lists, one level of tables) as TOML; None values are omitted."""
-    lines: list[str] = []
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    for key, value in data.items():
-        if value is not None and not isinstance(value, dict):
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables.items():
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            if isinstance(value, dict):
-                raise TypeError("nested tables are not used in recipes")
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """A recipe dict as TOML (tomli_w); None values are omitted, as TOML has no null."""
+    import tomli_w
+
+    return tomli_w.dumps(_without_none(data))

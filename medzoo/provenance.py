@@ -40,21 +40,56 @@ def versions() -> dict[str, str]:
 
 
 def git_commit(path: str | os.PathLike[str] | None = None) -> str | None:
-    """The commit of the repository that holds medzoo (None outside a git checkout)."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
+    """The commit medzoo itself was built from, or None when that is unknown.
+
+    Never the caller's project: installed into a venv inside someone's own git repository,
+    ``git rev-parse`` in the package folder would answer with *their* commit. So, in order:
+
+    1. the commit pip recorded at install time (PEP 610 ``direct_url.json``, ``vcs_info``), for
+       ``pip install git+https://...@REV``;
+    2. the package's own checkout, only when the folder above the package (``path``, default the
+       installed ``medzoo`` folder) is the top level of a git work tree (an editable install or a
+       clone on ``PYTHONPATH``);
+    3. otherwise None.
+    """
+    package = Path(path) if path is not None else Path(__file__).resolve().parent
+    if path is None:
+        recorded = _installed_commit()
+        if recorded:
+            return recorded
+    checkout = package.parent
+    if not (checkout / ".git").exists():  # a folder (clone) or a file (worktree)
+        return None
+    top = _git(checkout, "rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != checkout.resolve():
+        return None
+    return _git(checkout, "rev-parse", "HEAD")
+
+
+def _installed_commit() -> str | None:
+    import importlib.metadata as md
+
+    try:
+        text = md.distribution("medzoo").read_text("direct_url.json")
+    except md.PackageNotFoundError:
+        return None
+    try:
+        info = json.loads(text or "{}")
+    except ValueError:
+        return None
+    commit = (info.get("vcs_info") or {}).get("commit_id") if isinstance(info, dict) else None
+    return str(commit) if commit else None
+
+
+def _git(where: Path, *args: str) -> str | None:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+            ["git", *args], cwd=where, capture_output=True, text=True, timeout=5, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
+    out = result.stdout.strip()
+    return out if result.returncode == 0 and out else None
 
 
 def utc_now() -> str:

@@ -16,6 +16,7 @@ import csv
 import io
 import math
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,28 +41,35 @@ def classification_metrics(
     accuracy and the AUROC, and their recall is NaN; macro-F1 averages over the classes that
     occur in the labels or the predictions. AUROC is NaN when fewer than two classes occur.
     """
-    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        f1_score,
+        recall_score,
+        roc_auc_score,
+    )
 
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(1)
     num_classes = len(class_names)
     present = [c for c in range(num_classes) if np.any(labels == c)]
-    recall = {}
-    for c, name in enumerate(class_names):
-        mask = labels == c
-        recall[name] = float((preds[mask] == c).mean()) if mask.any() else math.nan
+    per_class = recall_score(
+        labels, preds, labels=list(range(num_classes)), average=None, zero_division=np.nan
+    ) if len(labels) else np.full(num_classes, math.nan)  # fmt: skip
+    recall = {name: float(per_class[c]) for c, name in enumerate(class_names)}
     f1_labels = sorted(set(present) | set(np.unique(preds).tolist()))
     macro_f1 = f1_score(labels, preds, labels=f1_labels, average="macro", zero_division=0)
     aurocs = []
     if len(present) >= 2:
         for c in present:
             aurocs.append(roc_auc_score(labels == c, probs[:, c]))
+    with warnings.catch_warnings():  # classes only predicted, never true: ignored, as documented
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = balanced_accuracy_score(labels, preds) if present else math.nan
     return {
-        "accuracy": float((preds == labels).mean()) if len(labels) else math.nan,
-        "balanced_accuracy": float(np.mean([recall[class_names[c]] for c in present]))
-        if present
-        else math.nan,
+        "accuracy": float(accuracy_score(labels, preds)) if len(labels) else math.nan,
+        "balanced_accuracy": float(balanced),
         "macro_f1": float(macro_f1),
         "macro_auroc": float(np.mean(aurocs)) if aurocs else math.nan,
         "recall": recall,
@@ -69,10 +77,10 @@ def classification_metrics(
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``[true, predicted]``."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(preds)), 1)
-    return matrix
+    """Counts ``[true, predicted]`` (sklearn.metrics.confusion_matrix over all classes)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(labels, preds, labels=list(range(num_classes))).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- tables

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -97,8 +98,14 @@ class TrainLog:
         if path is not None:
             # closed by the caller's ExitStack, with the bar and the prefetch pool
             self.handle = stack.enter_context(open(path, "a", encoding="utf-8"))  # noqa: SIM115
+        # the progress rule of every command (medzoo.progress): a bar on a terminal, else one
+        # plain log line per progress update (each logged step and monitor reading)
+        from medzoo.progress import on_terminal
+
         self.bar = None
-        if progress:
+        self.plain = progress and not on_terminal()
+        self.desc, self.total_steps, self.step = desc, total_steps, step
+        if progress and not self.plain:
             from tqdm.auto import tqdm
 
             self.bar = stack.enter_context(
@@ -119,6 +126,7 @@ class TrainLog:
 
     def stepped(self, samples: int) -> None:
         self.window_samples += samples
+        self.step += 1
         if self.bar is not None:
             self.bar.update(1)
 
@@ -142,3 +150,8 @@ class TrainLog:
         self.postfix.update(values)
         if self.bar is not None:
             self.bar.set_postfix(self.postfix)
+        elif self.plain:
+            shown = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            logging.getLogger("medzoo").info(
+                "%s: step %d/%d %s", self.desc, self.step, self.total_steps, shown
+            )

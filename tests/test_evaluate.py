@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def test_layer_group_missing_from_the_arch(synth_root, tmp_path):
         evaluate(_cfg(inits=["vit-test"]), data_root=synth_root, out=tmp_path / "run")
 
 
-def test_unavailable_init_is_an_error_or_skipped(synth_root, tmp_path, capsys):
+def test_unavailable_init_is_an_error_or_skipped(synth_root, tmp_path, capsys, caplog):
     # in1k-r18 needs timm's ImageNet weights; offline (HF_HUB_OFFLINE=1) without them it is absent
     from medzoo.zoo.index import weights_status
 
@@ -266,8 +267,9 @@ def test_unavailable_init_is_an_error_or_skipped(synth_root, tmp_path, capsys):
         skip_unavailable=True,
         plots=False,
     )
-    out = evaluate(cfg, data_root=synth_root, out=tmp_path / "run")
-    assert "note: skipping init 'in1k-r18'" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="medzoo"):
+        out = evaluate(cfg, data_root=synth_root, out=tmp_path / "run")
+    assert "note: skipping init 'in1k-r18'" in caplog.text
     assert {r["init"] for r in json.loads((out / "results.json").read_text())} == {"random-r18"}
 
 

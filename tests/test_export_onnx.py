@@ -108,6 +108,7 @@ def test_backbone_export_carries_metadata_and_a_dynamic_batch(
     import onnx
     import onnxruntime as ort
 
+    from medzoo import data_config as medzoo_data_config
     from medzoo.zoo.index import model_info
 
     entry = model_info(BACKBONE)
@@ -125,6 +126,10 @@ def test_backbone_export_carries_metadata_and_a_dynamic_batch(
     assert json.loads(meta["input_size"]) == [3, 32, 32] and meta["in_chans"] == "3"
     assert {"medzoo", "torch", "onnx"} <= set(json.loads(meta["versions"]))
     assert "label_names" not in meta and meta["output"] == "embedding"
+    # the preprocessing rule is recorded, the same one medzoo.data_config states
+    rule = medzoo_data_config(BACKBONE)
+    assert meta["interpolation"] == rule["interpolation"] and meta["crop_mode"] == "center"
+    assert float(meta["crop_pct"]) == rule["crop_pct"]
     onnx.checker.check_model(str(backbone_export / "model.onnx"), full_check=True)
     session = ort.InferenceSession(
         str(backbone_export / "model.onnx"), providers=["CPUExecutionProvider"]
@@ -203,7 +208,8 @@ def test_int8_below_the_bar_fails_and_says_so(
     [
         (["export", "no-such-model"], "unknown zoo model"),
         (["export", BACKBONE, "--opset", "11"], "--opset 11 is not supported"),
-        (["export", BACKBONE, "--int8"], "--int8 needs calibration"),
+        (["export", BACKBONE, "--int8"], "--int8 needs calibration images from the data root"),
+        (["export", BACKBONE, "--int8", "--data-root", "/nonexistent"], "pass --data-root"),
         (["export", BACKBONE, "--int8", "--calibration-data", "/nonexistent"], "does not exist"),
         (["export", "Bad/Name"], "invalid zoo model name"),
     ],
@@ -216,3 +222,24 @@ def test_bad_export_arguments_give_one_line(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_cli_export_json_and_one_line_per_step(
+    zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json prints the result on stdout; each export step is one plain line on stderr."""
+    import logging
+
+    from medzoo.commands.common import program_logging
+
+    assert main(["export", BACKBONE, "--out", str(tmp_path / "e"), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["files"] == {"fp32": "model.onnx"} and result["parity"]["fp32"]["max_rel"] < 1e-4
+    lines = captured.err.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == ["fp32", "fp32"]
+    assert "graph written and checked" in lines[0] and "parity max abs" in lines[1]
+    with program_logging(quiet=True):  # what --quiet does: the medzoo logger shows warnings only
+        assert logging.getLogger("medzoo").getEffectiveLevel() == logging.WARNING
+    handlers = logging.getLogger("medzoo").handlers  # nothing left behind after the command
+    assert all(isinstance(h, logging.NullHandler) for h in handlers)

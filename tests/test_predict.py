@@ -14,6 +14,7 @@ from medzoo.export.predict import predict
 
 CLASSIFIER = "t-pred-r18-tissue"
 BACKBONE = "t-pred-r18"
+CROPPING = "t-pred-r18-crop"  # crop_pct < 1 and bicubic: the rule is not a plain resize
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,11 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> P
             ZooEntry(name=BACKBONE, input_size=(3, 32, 32)),
             timm.create_model("resnet18", num_classes=0).state_dict(),
         )
+        save_entry(
+            ZooEntry(name=CROPPING, method="linear-probe", input_size=(3, 32, 40), crop_pct=0.8,
+                     interpolation="bicubic", num_classes=len(names), label_names=names),
+            classifier.state_dict(),
+        )  # fmt: skip
     return home
 
 
@@ -151,3 +157,41 @@ def test_unknown_model_and_bad_top_k(
     assert "unknown zoo model" in capsys.readouterr().err
     assert main(["predict", CLASSIFIER, images[0], "--top-k", "0"]) == 2
     assert "--top-k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [CLASSIFIER, CROPPING])
+def test_predict_gives_the_logits_of_timm_create_transform(
+    zoo: Path, tmp_path: Path, name: str
+) -> None:
+    """A 100 x 80 image: predict == softmax(model(timm.data.create_transform(**data_config)(img)))."""
+    import timm
+    from PIL import Image
+
+    import medzoo
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "wide.png"
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(path)
+    model = medzoo.load(name)
+    transform = timm.data.create_transform(
+        **timm.data.resolve_model_data_config(model, use_test_size=True)
+    )
+    with torch.inference_mode():
+        logits = model(transform(Image.open(path).convert("RGB"))[None])
+    expected = torch.softmax(logits, 1)[0].numpy()
+    (result,) = predict(name, [path], top_k=9)
+    got = np.zeros_like(expected)
+    for item in result["top_k"]:
+        got[item["index"]] = item["probability"]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # the library's transforms are the same transform
+    ours = medzoo.transforms(name)(Image.open(path).convert("RGB"))
+    torch.testing.assert_close(ours, transform(Image.open(path).convert("RGB")))
+    # and the test can tell: squashing the image to the input size instead gives other numbers
+    _, height, width = model.pretrained_cfg["input_size"]
+    squashed = Image.open(path).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    with torch.inference_mode():
+        other = torch.softmax(
+            model(transform.transforms[-1](transform.transforms[-2](squashed))[None]), 1
+        )
+    assert np.abs(other[0].numpy() - expected).max() > 1e-4

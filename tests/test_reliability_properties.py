@@ -152,13 +152,15 @@ image_bytes = st.one_of(
 def test_any_image_bytes_decode_or_are_refused_in_one_line(
     data, in_chans, tmp_path_factory
 ) -> None:
-    from medzoo.export.predict import read_image
+    from medzoo.export.predict import read_images
+    from medzoo.zoo.entry import ZooEntry
 
     path = tmp_path_factory.mktemp("img") / "x.png"
     path.write_bytes(data)
+    entry = ZooEntry(name="x", in_chans=in_chans, input_size=(in_chans, 24, 24))
     try:
-        array = read_image(path, in_chans, (24, 24))
+        array = read_images(entry, [path])
     except MedzooError as err:
         assert "\n" not in str(err)
         return
-    assert array.dtype == np.uint8 and array.shape == (in_chans, 24, 24)
+    assert array.dtype == np.uint8 and array.shape == (1, in_chans, 24, 24)

@@ -85,10 +85,40 @@ def test_timm_config_is_what_timm_accepts() -> None:
     config = timm_config(entry, num_features=512)
     PretrainedCfg(**config["pretrained_cfg"])  # TypeError on an unknown key
     assert config["architecture"] == "resnet18"
-    assert config["model_args"] == {"in_chans": 1}
+    assert config["model_args"] == {"global_pool": "avg", "in_chans": 1, "num_classes": 2}
     assert config["pretrained_cfg"]["input_size"] == [1, 224, 224]
-    assert config["label_names"] == ["a", "b"]
+    assert config["pretrained_cfg"]["label_names"] == ["a", "b"]
     assert config["medzoo"]["name"] == "m"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ZooEntry(name="m-gray", in_chans=1, domain="liver", datasets=("organs_axial",)),
+        ZooEntry(
+            name="m-clf",
+            method="linear-probe",
+            num_classes=2,
+            label_names=("a", "b"),
+            input_size=(3, 160, 192),
+            crop_pct=0.9,
+            interpolation="bicubic",
+        ),
+    ],
+    ids=["gray-backbone", "rgb-classifier"],
+)
+def test_timm_config_is_what_timm_save_config_for_hf_writes(entry: ZooEntry, tmp_path) -> None:
+    """Parity with timm: the config.json of a model built from the entry, written by timm itself."""
+    from timm.models._hub import save_config_for_hf
+
+    from medzoo.zoo.loading import build_model
+
+    model = build_model(entry, None, None)
+    save_config_for_hf(model, tmp_path / "config.json")
+    by_timm = json.loads((tmp_path / "config.json").read_text())
+    ours = timm_config(entry, num_features=model.num_features)
+    assert ours.pop("medzoo")["name"] == entry.name
+    assert json.loads(json.dumps(ours)) == by_timm
 
 
 @pytest.fixture
@@ -125,3 +155,36 @@ def test_folder_with_only_a_pickle_is_refused(tmp_path) -> None:
     torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(MedzooError, match="only from safetensors"):
         refuse_pickles(tmp_path)
+
+
+def _catalog_and_registered_entries() -> list[ZooEntry]:
+    import medzoo
+    from medzoo.zoo.registry import model_info
+
+    extra = [
+        ZooEntry(name="reg-gray", in_chans=1, input_size=(1, 96, 128), mean=(0.3,), std=(0.2,)),
+        ZooEntry(name="reg-clf", method="fine-tuned", num_classes=3, label_names=("a", "b", "c")),
+    ]
+    return [model_info(n) for n in medzoo.list_models()] + extra
+
+
+def test_resolve_model_data_config_is_the_entry_s_own_for_every_entry() -> None:
+    """timm's data config of a loaded model is the entry's: no 288 px test size, no RGB leftovers."""
+    import timm
+
+    from medzoo.zoo.loading import build_model
+
+    entries = _catalog_and_registered_entries()
+    assert {"bt-liver-r18", "bt-crc-r18", "in1k-r18", "random-r18"} <= {e.name for e in entries}
+    for entry in entries:
+        model = build_model(entry, None, None)
+        for use_test_size in (True, False):
+            config = timm.data.resolve_model_data_config(model, use_test_size=use_test_size)
+            assert config["input_size"] == entry.input_size, entry.name
+            assert config["mean"] == entry.mean and config["std"] == entry.std, entry.name
+            assert config["interpolation"] == entry.interpolation, entry.name
+            assert config["crop_pct"] == entry.crop_pct, entry.name
+        cfg = model.pretrained_cfg
+        assert "2110.00476" not in str(cfg.get("paper_ids")), entry.name  # not ResNet Strikes Back
+        assert "pytorch-image-models" not in str(cfg.get("origin_url")), entry.name
+        assert cfg["license"] == entry.license

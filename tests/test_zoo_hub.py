@@ -94,16 +94,21 @@ def test_model_card_round_trips(crc_entry, tmp_path) -> None:
         "self-supervised",
         "barlow-twins",
     } <= set(data.tags)
-    assert data.license == "apache-2.0" and data.datasets == ["crc"]
-    results = {(r.metric_name, r.metric_value) for r in data.eval_results}
-    assert ("crc/probe/1.0/accuracy", 0.95) in results
-    assert ("crc/finetune/1.0/macro_f1", 0.96) in results
-    assert not any(name.endswith(("_sd", "macro_auroc")) for name, _ in results)
+    assert data.license == "apache-2.0" and data.datasets is None  # MIMeta is not a Hub dataset
+    results = {(r.dataset_config, r.metric_type, r.metric_value) for r in data.eval_results}
+    assert ("crc-probe-100pct", "accuracy", 0.95) in results
+    assert ("crc-probe-1pct", "accuracy", 0.91) in results
+    assert ("crc-finetune-100pct", "f1", 0.96) in results
+    assert {r.metric_type for r in data.eval_results} <= {"accuracy", "recall", "f1", "roc_auc"}
     text = card.text
     assert 'timm.create_model("hf-hub:lab/bt-crc-r18", pretrained=True)' in text
-    assert 'medzoo.load("bt-crc-r18")' in text
+    assert 'medzoo.transforms("bt-crc-r18")' in text and "features_only=True" in text
+    assert "pre_logits=True" in text and "strict=False" in text
+    assert "## Model Details" in text and "## Model Usage" in text and "GMACs: 1.8" in text
     assert "make pretrain-crc" in text and "lr = 0.03" in text
-    assert "![fractions](fractions.png)" in text and "| crc/probe/0.01/accuracy | 0.9100 |" in text
+    assert "![fractions](fractions.png)" in text
+    assert "| crc | linear probe | 1% | 0.910 ± 0.010 |" in text
+    assert "_sd" not in text and "final_loss" not in text
     assert "not for clinical" in text.lower() or "must not be used for clinical" in text
     for cited in ("Barlow Twins", "Zbontar", "Woerner", "Elsherif"):
         assert cited in text
@@ -213,3 +218,86 @@ def test_failed_push_hides_the_token_and_records_nothing(crc_entry, fake_api) ->
         hub.push_to_hub("bt-crc-r18", "lab/x", token="hf_secret")
     assert "hf_secret" not in str(err.value) and "\n" not in str(err.value)
     assert medzoo.model_info("bt-crc-r18").hub_repo_id is None
+
+
+# The Hub's metric ids (huggingface/evaluate) that medzoo's metrics map to.
+HUB_METRIC_IDS = {"accuracy", "recall", "f1", "roc_auc"}
+
+
+def _grid_metrics() -> dict[str, float]:
+    """What evaluation writes back: 2 datasets x 2 strategies x 3 fractions x 4 metrics + sd."""
+    out: dict[str, float] = {"pretrain/final_loss": 12.5, "pretrain/steps": 100.0}
+    for dataset in ("organs_axial", "organs_coronal"):
+        for strategy in ("probe", "finetune"):
+            for fraction in (0.01, 0.1, 1.0):
+                for i, metric in enumerate(
+                    ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")
+                ):
+                    out[f"{dataset}/{strategy}/{fraction}/{metric}"] = 0.5 + fraction / 4 + i / 100
+                out[f"{dataset}/{strategy}/{fraction}/accuracy_sd"] = 0.02
+    return out
+
+
+def test_card_after_an_evaluation_is_valid_for_the_hub(backbone_state, tmp_path) -> None:
+    """Valid model-index with unique keys, Hub metric ids, the summary table and the figures."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import (
+        eval_results_to_model_index,
+        model_index_to_eval_results,
+    )
+
+    index.save_entry(
+        ZooEntry(name="bt-liver-r18", domain="liver", in_chans=1,
+                 datasets=("organs_axial", "organs_coronal", "organs_sagittal")),
+        {k: v[:, :1] if k == "conv1.weight" else v for k, v in backbone_state.items()},
+    )  # fmt: skip
+    index.update_metrics("bt-liver-r18", _grid_metrics())
+    run = tmp_path / "eval-run"
+    (run / "figures").mkdir(parents=True)
+    (run / "summary.md").write_text("# Evaluation\n\n| a | b |\n|---|---|\n")
+    for figure in (
+        "curves-organs_axial.png",
+        "confusion-organs_axial-bt-liver-r18-probe.png",
+        "tsne-organs_axial-bt-liver-r18.png",
+        "confusion-organs_axial-random-r18-probe.png",
+    ):
+        (run / "figures" / figure).write_bytes(PNG)  # fmt: skip
+    copied = index.attach_evaluation("bt-liver-r18", run)
+    assert "confusion-organs_axial-random-r18-probe.png" not in copied and len(copied) == 4
+    assert index.attach_evaluation("random-r18", run) == []  # no local folder: left alone
+
+    out = hub.save_for_hub("bt-liver-r18", tmp_path / "dry", repo_id="lab/bt-liver-r18")
+    card = ModelCard.load(out / "README.md", ignore_metadata_errors=False)
+    results = card.data.eval_results
+    # headline only: 2 datasets x 2 strategies x (all, fewest labels) x 4 metrics
+    assert len(results) == 2 * 2 * 2 * 4
+    keys = [(r.unique_identifier, r.metric_type) for r in results]
+    assert len(set(keys)) == len(keys)  # no two results share a key
+    assert {r.metric_type for r in results} == HUB_METRIC_IDS
+    assert all(r.metric_args == {"average": "macro"} for r in results if r.metric_type == "f1")
+    # the model-index round-trips through huggingface_hub's own conversion
+    name, again = model_index_to_eval_results(eval_results_to_model_index("bt-liver-r18", results))
+    assert name == "bt-liver-r18" and len(again) == len(results)
+    assert card.data.datasets is None
+    assert "dataset_licenses" not in card.data.to_dict()  # no data root here to read them from
+    text = card.text
+    assert (
+        "| organs_axial | full fine-tuning | 100% | 0.750 ± 0.020 | 0.760 | 0.770 | 0.780 |" in text
+    )
+    assert "![curves-organs_axial](curves-organs_axial.png)" in text
+    assert (out / "curves-organs_axial.png").is_file() and (out / "summary.md").is_file()
+    assert "final_loss" not in text and "accuracy_sd" not in text
+    assert "Image size: 224 x 224" in text and "Channels: 1" in text
+
+
+def test_card_names_dataset_licences_from_info_yaml(
+    backbone_state, synth_root, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("MEDZOO_DATA", str(synth_root))
+    index.save_entry(ZooEntry(name="bt-crc-r18", domain="crc", datasets=("crc",)), backbone_state)
+    out = hub.save_for_hub("bt-crc-r18", tmp_path / "dry", repo_id="lab/bt-crc-r18")
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.to_dict()["dataset_licenses"] == {"crc": "CC0 1.0 (synthetic data)"}
+    assert "MIMeta `crc` (licence: CC0 1.0 (synthetic data))" in card.text

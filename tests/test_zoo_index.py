@@ -162,7 +162,7 @@ def test_update_metrics_merges_into_registry_and_folder(gray_backbone) -> None:
     config = json.loads((index.entry_folder("bt-liver-r18") / "config.json").read_text())
     assert config["medzoo"]["metrics"] == entry.metrics
     assert (
-        "organs_sagittal/probe/accuracy"
+        "| organs_sagittal | linear probe | 100% | 0.600 |"
         in (index.entry_folder("bt-liver-r18") / "README.md").read_text()
     )
     with pytest.raises(TypeError):
@@ -345,3 +345,17 @@ def test_killed_writer_leaves_a_valid_registry(_isolated_home: Path) -> None:
         proc.stdout.close()
         data = json.loads((_isolated_home / "registry.json").read_text())  # valid JSON
         assert "keep" in data["models"]
+
+
+def test_registered_entry_loads_with_its_own_data_config(gray_backbone) -> None:
+    """medzoo.load, local-dir: and timm all resolve the entry's own 1-channel 224 px config."""
+    index.save_entry(_liver_entry(), gray_backbone)
+    entry = medzoo.model_info("bt-liver-r18")
+    folder = index.entry_folder("bt-liver-r18")
+    for model in (
+        medzoo.load("bt-liver-r18"),
+        timm.create_model("local-dir:" + str(folder), pretrained=True),
+    ):
+        config = timm.data.resolve_model_data_config(model, use_test_size=True)
+        assert tuple(config["input_size"]) == entry.input_size == (1, 224, 224)
+        assert tuple(config["mean"]) == entry.mean and tuple(config["std"]) == entry.std

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from medzoo.commands import add_set_option
+from medzoo.commands.common import add_data_root, add_json, add_set_option, refuse_unused
+
+# flags of one benchmark that do nothing for the other: refused, never silently ignored
+PRETRAIN_ONLY = {"--steps": "steps", "--synthetic": "synthetic", "--data-root": "data_root",
+                 "--set": "overrides"}  # fmt: skip
+INFERENCE_ONLY = {"--batch-sizes": "batch_sizes", "--providers": "providers", "--out": "out",
+                  "--export-dir": "export_dir", "--iterations": "iterations",
+                  "--warmup": "warmup", "--compile": "compile", "--no-torch": "no_torch"}  # fmt: skip
 
 DESCRIPTION = """\
 Two benchmarks share this command:
@@ -35,38 +42,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "recipe", nargs="?", metavar="RECIPE", help="with `pretrain`: the recipe TOML file"
     )
     model = parser.add_argument_group("inference (medzoo bench NAME)")
-    model.add_argument(
-        "--batch-sizes", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)"
-    )
-    model.add_argument(
-        "--providers", default="cpu", help="comma-separated: cpu, cuda, tensorrt (default cpu)"
-    )
+    model.add_argument("--batch-sizes", help="comma-separated batch sizes (default 1,8,32)")
+    model.add_argument("--providers", help="comma-separated: cpu, cuda, tensorrt (default cpu)")
     model.add_argument("--out", metavar="DIR", help="report folder (default exports/NAME)")
     model.add_argument(
         "--export-dir", metavar="DIR", help="the model's ONNX export (default exports/NAME)"
     )
     model.add_argument(
-        "--iterations", type=int, default=20, help="timed iterations per batch size (default 20)"
+        "--iterations", type=int, help="timed iterations per batch size (default 20)"
     )
-    model.add_argument(
-        "--warmup", type=int, default=3, help="discarded warm-up iterations (default 3)"
-    )
+    model.add_argument("--warmup", type=int, help="discarded warm-up iterations (default 3)")
     model.add_argument("--compile", action="store_true", help="add torch.compile rows")
     model.add_argument(
         "--no-torch", action="store_true", help="skip the torch rows (onnxruntime only)"
     )
     train = parser.add_argument_group("pre-training (medzoo bench pretrain RECIPE)")
-    train.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
+    train.add_argument("--steps", type=int, help="timed training steps (default 20)")
     train.add_argument(
         "--synthetic",
         action="store_true",
         help="random uint8 images at the recipe's size in memory instead of a data root",
     )
-    train.add_argument("--json", action="store_true", help="one JSON line (for scripts)")
-    train.add_argument(
-        "--data-root", metavar="ROOT", help="MIMeta root (default MEDZOO_DATA or data/mimeta)"
-    )
+    add_data_root(train, recipe=True)
     add_set_option(train, "training.batch_size=1024")
+    add_json(parser, "the report (both benchmarks)")
     parser.set_defaults(func=run)
 
 
@@ -78,28 +77,33 @@ def run(args: argparse.Namespace) -> int:
             raise MedzooError(
                 "medzoo bench pretrain needs a recipe: medzoo bench pretrain recipes/pretrain-crc.toml"
             )
+        refuse_unused(
+            args, INFERENCE_ONLY, "for `medzoo bench pretrain` (they are for `bench NAME`)"
+        )
         return _pretrain(args)
     if args.recipe:
         raise MedzooError(
             f"unexpected argument {args.recipe!r}: a recipe goes with `medzoo bench pretrain RECIPE`"
         )
-    if args.overrides:
-        raise MedzooError("--set only applies to `medzoo bench pretrain RECIPE`")
+    refuse_unused(args, PRETRAIN_ONLY, "for `medzoo bench NAME` (they are for `bench pretrain`)")
     from medzoo.export.bench import parse_batch_sizes, run_bench
 
     report = run_bench(
         args.target,
-        batch_sizes=parse_batch_sizes(args.batch_sizes),
-        providers=[p.strip() for p in args.providers.split(",") if p.strip()],
+        batch_sizes=parse_batch_sizes(args.batch_sizes or "1,8,32"),
+        providers=[p.strip() for p in (args.providers or "cpu").split(",") if p.strip()],
         out=args.out,
         export_dir=args.export_dir,
-        iterations=args.iterations,
-        warmup=args.warmup,
+        iterations=20 if args.iterations is None else args.iterations,
+        warmup=3 if args.warmup is None else args.warmup,
         compile=args.compile,
         torch_baseline=not args.no_torch,
     )
     from pathlib import Path
 
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
     print(Path(report["out_dir"], "bench.md").read_text(), end="")
     return 0
 
@@ -110,7 +114,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_pretrain_config(args.recipe, args.overrides)
     result = pretrain.benchmark(
-        cfg, steps=args.steps, data_root=args.data_root, synthetic=args.synthetic
+        cfg,
+        steps=20 if args.steps is None else args.steps,
+        data_root=args.data_root,
+        synthetic=args.synthetic,
     )
     print(json.dumps(result, indent=None if args.json else 2, default=str))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medzoo.commands.common import add_data_root, add_json, data_root_of
 from medzoo.errors import MedzooError
 
 
@@ -55,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or another source, resumably, checksummed, unpacked into ROOT/<id>.",
     )
     fetch.add_argument("datasets", nargs="+", metavar="DATASET", help="ids, e.g. crc organs_axial")
-    fetch.add_argument("--root", required=True, help="MIMeta root to unpack into")
+    add_data_root(fetch, what="MIMeta root to unpack into", hidden_aliases=("--root",))
     fetch.add_argument(
         "--source", default=None,
         help="URL (archive, base URL or {id} template), hf:ORG/NAME (Hub dataset repo), "
@@ -72,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Datasets, tasks, classes, split sizes, image size, channels, modality "
         "(info.yaml domain) and the augmentation preset pre-training gives it.",
     )
-    info.add_argument("root", metavar="ROOT", help="MIMeta root")
-    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_data_root(info, hidden_positional=True)
+    add_json(info, "the table")
     info.set_defaults(func=_info)
 
     bench = sub.add_parser(
@@ -82,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Images/s of medzoo's batched HDF5 reader against mimeta.MIMeta.__getitem__ "
         "on the same split, both giving uint8 tensors at --image-size.",
     )
-    bench.add_argument("root", metavar="ROOT", help="MIMeta root (e.g. from `medzoo data synth`)")
+    add_data_root(bench, what="MIMeta root (e.g. from `medzoo data synth`)", hidden_positional=True)
     bench.add_argument("--dataset", default="crc", help="dataset id (default crc)")
     bench.add_argument("--split", default="train", help="split (default train)")
     bench.add_argument(
@@ -90,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--image-size", type=int, default=224, help="output size (default 224)")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs per reader (default 3)")
-    bench.add_argument("--json", action="store_true", help="print JSON")
+    add_json(bench, "the measurements")
     bench.set_defaults(func=_bench)
 
 
@@ -109,7 +110,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from medzoo.data.fetch import fetch_datasets
 
-    for path in fetch_datasets(args.datasets, args.root, source=args.source, force=args.force):
+    root = data_root_of(args)
+    for path in fetch_datasets(args.datasets, root, source=args.source, force=args.force):
         print(f"ready {path}")
     return 0
 
@@ -126,16 +128,17 @@ def _info(args: argparse.Namespace) -> int:
     from medzoo.data.domains import domain_preset
     from medzoo.data.mimeta import describe
 
-    rows = describe(args.root)
+    root = data_root_of(args)
+    rows = describe(root)
     for row in rows:  # the augmentation preset pre-training would pick (augment.preset = "auto")
         try:
-            row["preset"] = domain_preset(row["dataset"], args.root)
+            row["preset"] = domain_preset(row["dataset"], root)
         except MedzooError:
             row["preset"] = "none: set augment.preset"
     if not rows:
         raise MedzooError(
-            f"no datasets in {args.root}; run `medzoo data synth {args.root}` or "
-            f"`medzoo data fetch crc --root {args.root}`"
+            f"no datasets in {root}; run `medzoo data synth {root}` or "
+            f"`medzoo data fetch crc --data-root {root}`"
         )
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -152,7 +155,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.limit < 1 or args.repeats < 1 or args.image_size < 1:
         raise MedzooError("--limit, --repeats and --image-size must be positive")
     result = run_bench(
-        args.root, args.dataset, args.split, limit=args.limit, image_size=args.image_size,
+        data_root_of(args), args.dataset, args.split, limit=args.limit, image_size=args.image_size,
         repeats=args.repeats,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
@@ -172,9 +175,7 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("src", metavar="SRC", help="folder with one subfolder per class")
     parser.add_argument("--id", required=True, dest="dataset_id", help="dataset id to create")
-    parser.add_argument(
-        "--data-root", help="MIMeta root to write into (default: $MEDZOO_DATA or data/mimeta)"
-    )
+    add_data_root(parser, what="MIMeta root to write into")
     parser.add_argument("--task", default="class", help="task name (default: class)")
     parser.add_argument("--size", type=int, default=224, help="image size in pixels (default 224)")
     parser.add_argument(
@@ -209,11 +210,10 @@ def _register_import(sub: argparse._SubParsersAction) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from medzoo.config import data_root
     from medzoo.data.importer import import_folder, parse_ratios
 
     folder = import_folder(
-        args.src, data_root(args.data_root), args.dataset_id, task=args.task, size=args.size,
+        args.src, data_root_of(args), args.dataset_id, task=args.task, size=args.size,
         channels=args.channels, split_ratios=parse_ratios(args.split_ratios),
         splits_from=args.splits_from, domain=args.domain, window=args.window,
         on_error=args.on_error, seed=args.seed,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from medzoo.commands import add_set_option
+from medzoo.commands.common import add_data_root, add_set_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "metrics back into each init's zoo entry.",
     )
     evaluate.add_argument("recipe", help="evaluation recipe (TOML), e.g. recipes/eval-crc.toml")
-    evaluate.add_argument("--data-root", help="MIMeta root (default: MEDZOO_DATA or data/mimeta)")
+    add_data_root(evaluate, recipe=True)
     evaluate.add_argument("--out", help="run folder (default: runs/eval-<recipe>-<timestamp>/)")
     evaluate.add_argument(
         "--plan",
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     head.add_argument(
         "--dataset", required=True, help="MIMeta dataset id, e.g. crc or organs_axial"
     )
-    head.add_argument("--data-root", help="MIMeta root (default: MEDZOO_DATA or data/mimeta)")
+    add_data_root(head)
     head.add_argument("--name", help="classifier name (default: <init>-<task-slug>)")
     head.add_argument("--task", help="MIMeta task (default: the dataset's medzoo task)")
     head.add_argument("--image-size", type=int, help="resize images (default: the data's size)")

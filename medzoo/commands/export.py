@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from medzoo.commands.common import add_data_root, add_json, add_quiet
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
@@ -33,22 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write model_int8.onnx: onnxruntime static quantisation calibrated on train "
         "images; kept only at >= 99%% top-1 agreement with fp32 on the test split",
     )
-    export.add_argument(
-        "--calibration-data",
-        metavar="ROOT",
-        help="MIMeta root with the model's datasets (for --int8)",
-    )
+    export.add_argument("--calibration-data", dest="calibration_data", help=argparse.SUPPRESS)
     export.add_argument(
         "--include-preprocessing",
         action="store_true",
         help="the graph takes uint8 NCHW pixels and does the /255 and mean/std normalisation itself",
     )
-    export.add_argument(
-        "--data-root",
-        metavar="ROOT",
-        help="MIMeta root whose test images join the parity check (default: MEDZOO_DATA or "
-        "data/mimeta when they hold the model's datasets)",
+    add_data_root(
+        export,
+        what="MIMeta root with the model's datasets: its test images join the parity check, its "
+        "train images calibrate --int8",
     )
+    add_json(export, "the files and their checks")
+    add_quiet(export)
     export.set_defaults(func=run_export)
 
     predict = subparsers.add_parser(
@@ -69,23 +68,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--export-dir", metavar="DIR", help="where the ONNX export lives (default exports/NAME)"
     )
     predict.add_argument("--top-k", type=int, default=5, help="labels per image (default 5)")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json(predict, "the predictions")
     predict.set_defaults(func=run_predict)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from medzoo.config import data_root
+    from medzoo.errors import MedzooError
     from medzoo.export.onnx import export_model
 
+    if args.calibration_data and args.data_root and args.calibration_data != args.data_root:
+        raise MedzooError("--calibration-data is the old spelling of --data-root: give one")
+    explicit = args.data_root or args.calibration_data
     result = export_model(
         args.name,
         args.out,
         opset=args.opset,
         fp16=args.fp16,
         int8=args.int8,
-        calibration_root=args.calibration_data,
+        calibration_root=data_root(explicit) if args.int8 else None,
         include_preprocessing=args.include_preprocessing,
-        data_root=args.data_root,
+        data_root=explicit,
     )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+        return 0
     for precision, file_name in result.files.items():
         check = result.parity[precision]
         if precision == "int8":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medzoo.commands import add_set_option
+from medzoo.commands.common import add_data_root, add_quiet, add_set_option, progress_enabled
 from medzoo.errors import MedzooError
 
 
@@ -22,9 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "training.monitor_every_steps steps; readings in RUN/train_log.jsonl and RUN/monitor.png.",
     )
     parser.add_argument("recipe", help="recipe TOML file (see recipes/)")
-    parser.add_argument(
-        "--data-root", help="MIMeta root (default: recipe data.root, $MEDZOO_DATA or data/mimeta)"
-    )
+    add_data_root(parser, recipe=True)
     parser.add_argument(
         "--out", help="run folder for checkpoints and logs (default: runs/pretrain-NAME)"
     )
@@ -41,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace the zoo entry of the same name if it exists (checked before training)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    add_quiet(parser)
+    parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             resume=args.resume,
             register=not args.no_register,
-            progress=not args.no_progress,
+            progress=progress_enabled(args),
             overwrite=args.overwrite,
         )
     except FileNotFoundError as err:

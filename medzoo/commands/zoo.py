@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+from medzoo.commands.common import add_json
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,8 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the models in the zoo (catalog + local registry)",
         description="A table of every model medzoo knows: its method, domain, channels, classes, "
         "where its weights come from, key metrics where evaluated, and its Hub id.",
+        epilog="example: medzoo list 'bt-*'   (fnmatch patterns, as timm.list_models)",
     )
-    p.add_argument("--json", action="store_true", help="print the entries as JSON instead")
+    p.add_argument(
+        "patterns", nargs="*", metavar="PATTERN", help="only names matching these fnmatch patterns"
+    )
+    add_json(p, "the entries")
     p.set_defaults(func=_list)
 
     p = subparsers.add_parser(
@@ -24,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show a zoo entry: preprocessing, provenance, recipe, metrics, Hub id.",
     )
     p.add_argument("name", help="zoo name, e.g. bt-crc-r18 (see medzoo list)")
-    p.add_argument("--json", action="store_true", help="print the entry as JSON")
+    add_json(p, "the entry")
     p.set_defaults(func=_info)
 
     p = subparsers.add_parser(
@@ -40,7 +46,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--revision", help="branch to upload to (created if needed; default main)")
     p.add_argument("--dry-run", metavar="DIR", help="write the folder to DIR instead of uploading")
+    p.add_argument("--json", action="store_true", help="print the written folder or URL as JSON")
     p.set_defaults(func=_push)
+
+    p = subparsers.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script generated from this parser. Enable it with "
+        'eval "$(medzoo completion bash)" in ~/.bashrc, or eval "$(medzoo completion zsh)" in '
+        "~/.zshrc.",
+    )
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    p.set_defaults(func=_completion)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from medzoo.cli import build_parser
+    from medzoo.completion import completion_script
+
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
 
 
 def _key_metrics(metrics: dict, limit: int = 2) -> str:
@@ -59,6 +84,16 @@ def _list(args: argparse.Namespace) -> int:
     entries, malformed = index.list_entries()
     for name, why in sorted(malformed.items()):  # the rest of the zoo still lists
         print(f"medzoo: warning: skipped malformed registry entry {name!r}: {why}", file=sys.stderr)
+    if args.patterns:
+        wanted = set(index.list_models(args.patterns))
+        entries = [e for e in entries if e.name in wanted]
+        if not entries:
+            from medzoo.errors import MedzooError
+
+            raise MedzooError(
+                f"no zoo model matches {' '.join(args.patterns)}; all models: "
+                f"{', '.join(index.list_models())}"
+            )
     if args.json:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0
@@ -112,10 +147,17 @@ def _push(args: argparse.Namespace) -> int:
 
     if args.dry_run:
         folder = hub.save_for_hub(args.name, args.dry_run, repo_id=args.repo_id)
+        if args.json:
+            files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+            print(json.dumps({"folder": str(folder), "uploaded": False, "files": files}, indent=2))
+            return 0
         print(f"wrote {folder} (nothing uploaded):")
         for path in sorted(folder.iterdir()):
             print(f"  {path.name}  {path.stat().st_size:,} bytes")
         return 0
     url = hub.push_to_hub(args.name, args.repo_id, private=args.private, revision=args.revision)
+    if args.json:
+        print(json.dumps({"name": args.name, "url": str(url), "uploaded": True}))
+        return 0
     print(f"pushed {args.name} to {url}")
     return 0

@@ -131,7 +131,7 @@ def load_domain(
         there = ", ".join(list_datasets(root_path)) or "none"
         raise MedzooError(
             f"domain '{name}' needs {', '.join(missing)}, not found in {root_path} (datasets "
-            f"there: {there}); fetch with `medzoo data fetch {' '.join(missing)} --root {root_path}`"
+            f"there: {there}); fetch with `medzoo data fetch {' '.join(missing)} --data-root {root_path}`"
         )
     plans = [plan_read(root_path, dataset_id, splits, task) for dataset_id in ids]
     return load_plans(

@@ -381,11 +381,11 @@ def fetch_datasets(
     """
     if not ids:
         raise MedzooError(
-            "name at least one dataset to fetch, e.g. `medzoo data fetch crc --root DIR`"
+            "name at least one dataset to fetch, e.g. `medzoo data fetch crc --data-root DIR`"
         )
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise MedzooError(f"--root {root} is a file; give a folder")
+        raise MedzooError(f"data root {root} is a file; give a folder")
     ensure_writable_dir(root, what="the data root")
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)

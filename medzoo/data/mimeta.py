@@ -149,7 +149,7 @@ def check_root(root: str | os.PathLike[str]) -> Path:
     if not root.is_dir():
         raise MedzooError(
             f"MIMeta data root {root} does not exist; download with `medzoo data fetch DATASET "
-            f"--root {root}`, make synthetic data with `medzoo data synth {root}`, or pass "
+            f"--data-root {root}`, make synthetic data with `medzoo data synth {root}`, or pass "
             "--data-root / set MEDZOO_DATA"
         )
     return root
@@ -170,7 +170,7 @@ def dataset_dir(root: str | os.PathLike[str], dataset_id: str) -> Path:
         known = ", ".join(available) if available else "none"
         raise MedzooError(
             f"dataset '{dataset_id}' not found in {root} (datasets there: {known}); "
-            f"fetch it with `medzoo data fetch {dataset_id} --root {root}`"
+            f"fetch it with `medzoo data fetch {dataset_id} --data-root {root}`"
         )
     return folder
 

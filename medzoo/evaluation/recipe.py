@@ -7,7 +7,7 @@ datasets without a test split, misspelt strategies, layer groups the architectur
 from __future__ import annotations
 
 import difflib
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +250,7 @@ def validate(cfg: EvalConfig, root: Path) -> tuple[list[str], list[Strategy]]:
                 raise MedzooError(
                     f"init '{name}' is unavailable ({err}); or set skip_unavailable = true"
                 ) from None
-            print(f"medzoo: note: skipping init '{name}': {err}", file=sys.stderr)
+            logging.getLogger("medzoo").warning("medzoo: note: skipping init '%s': %s", name, err)
             continue
         inits.append(name)
     if not inits:

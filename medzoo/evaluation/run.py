@@ -249,10 +249,9 @@ def evaluate(
     cfg: EvalConfig, *, data_root: str | Path | None = None, out: str | Path | None = None
 ) -> Path:
     """Run the recipe's plan; returns the run folder (results, summary, figures, provenance)."""
-    from tqdm.auto import tqdm
-
     from medzoo.config import data_root as resolve_root
     from medzoo.config import dump_toml
+    from medzoo.progress import Counter
     from medzoo.provenance import (
         atomic_write_json,
         atomic_write_text,
@@ -279,7 +278,7 @@ def evaluate(
         log.info("medzoo: note: %s", note)
     rows: list[dict[str, Any]] = []
     keep: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, tuple[str, ...], str]] = {}
-    bar = tqdm(total=len(plan.runs), desc="evaluate", unit="run", disable=None)
+    bar = Counter(len(plan.runs), desc="evaluate", unit="run")
     first_seed = min(cfg.seeds)
     for dataset in cfg.datasets:
         splits = load_splits(root, dataset, cfg)
@@ -288,9 +287,7 @@ def evaluate(
             runner = InitRunner(init, dataset, splits, root, cfg, device)
             full_head = None  # the probe on 100 % of the labels, for a classifier entry
             for run in (r for r in plan.runs if (r.dataset, r.init) == (dataset, init)):
-                bar.set_postfix_str(
-                    f"{dataset} {init} {run.strategy.name} {run.budget.label} s{run.seed}"
-                )
+                bar.note(f"{dataset} {init} {run.strategy.name} {run.budget.label} s{run.seed}")
                 row, probs, head = run_one(runner, run)
                 rows.append(row)
                 if head is not None and run.budget.full:
@@ -300,7 +297,7 @@ def evaluate(
                     keep[(dataset, init, run.strategy.name)] = (
                         test.labels.numpy(), probs.argmax(1), test.class_names, largest.label,
                     )  # fmt: skip
-                bar.update()
+                bar.advance()
                 if run.seed == max(cfg.seeds) or run.budget.full:
                     report.write_results(rows, out)  # a crash keeps what was done
             _after_init(runner, full_head, cfg, out)
@@ -309,6 +306,10 @@ def evaluate(
     write_report(rows, keep, cfg, plan, out)
     if cfg.update_zoo:
         write_back_metrics(rows, inits)
+        from medzoo.zoo.index import attach_evaluation
+
+        for init in inits:  # summary and figures into the entry, for its model card
+            attach_evaluation(init, out)
     return out
 
 

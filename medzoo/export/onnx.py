@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -76,6 +77,8 @@ from medzoo.export.runtime import (
 )
 from medzoo.provenance import ensure_writable_dir
 
+log = logging.getLogger("medzoo.export")
+
 MIN_OPSET = 18  # the dynamo exporter emits opset 18 and newer
 INT8_MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
 EXAMPLE_BATCH = 2  # traced with 2 so that no dimension is specialised to 1
@@ -122,6 +125,9 @@ def entry_metadata(entry: Any) -> dict[str, Any]:
         "label_names": list(entry.label_names),
         "datasets": list(entry.datasets),
         "interpolation": entry.interpolation,
+        # the preprocessing rule (medzoo.data.transforms): resize short side, centre crop
+        "crop_pct": float(entry.crop_pct),
+        "crop_mode": "center",
     }
 
 
@@ -156,6 +162,11 @@ def model_props(
         if include_preprocessing
         else "float32 NCHW, (pixels / 255 - mean) / std",
         "include_preprocessing": "true" if include_preprocessing else "false",
+        # how images become input_size pixels before the graph (timm's evaluation transform)
+        "interpolation": str(meta.get("interpolation", "bilinear")),
+        "crop_pct": str(meta.get("crop_pct", 1.0)),
+        "crop_mode": str(meta.get("crop_mode", "center")),
+        "resize": "short side to floor(size / crop_pct), then centre crop to input_size",
         "versions": json.dumps(_library_versions()),
         "created": utc_now(),
     }
@@ -232,27 +243,26 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     with quiet():
         model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    _toposort(model.graph)  # the converter appends its input Casts at the end of the node list
+    model = _toposort(model)  # the converter appends its input Casts at the end of the node list
     props = {p.key: p.value for p in model.metadata_props}
     props[META_PREFIX + "precision"] = "fp16"
     set_props(model, props)
     onnx.save(model, str(dst))
 
 
-def _toposort(graph: Any) -> None:
-    """Reorder ``graph.node`` so that every node comes after the producers of its inputs."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise MedzooError("the fp16 graph has a cycle or a dangling input; export fp32 instead")
-        for node in ready:
-            available.update(node.output)
-            ordered.append(node)
-        pending = [n for n in pending if n not in ready]
-    del graph.node[:]
-    graph.node.extend(ordered)
+def _toposort(model: Any) -> Any:
+    """``model`` with its nodes in topological order (onnx_ir's stable sort pass)."""
+    import onnx_ir as ir
+    from onnx_ir.passes.common import TopologicalSortPass
+
+    try:
+        ir_model = ir.from_proto(model)
+        TopologicalSortPass()(ir_model)
+        return ir.to_proto(ir_model)
+    except Exception as err:  # a cycle or a dangling input: onnx_ir's errors vary by version
+        raise MedzooError(
+            f"the fp16 graph cannot be ordered ({type(err).__name__}); export fp32 instead"
+        ) from None
 
 
 def check_graph(path: Path) -> None:
@@ -302,9 +312,7 @@ def export_module(
     data = data or ExportData()
     check_opset(opset)
     if int8 and (data.test_images is None or data.train_images is None):
-        raise MedzooError(
-            "--int8 needs calibration data: pass --calibration-data ROOT (a MIMeta root)"
-        )
+        raise MedzooError("--int8 needs calibration data: pass --data-root ROOT (a MIMeta root)")
     out_dir = Path(out_dir)
     ensure_writable_dir(out_dir, what="the export folder")
     model = model.eval().float()
@@ -335,6 +343,7 @@ def export_module(
             raise MedzooError(
                 f"onnx.checker rejected the export: {str(err).splitlines()[0]}"
             ) from err
+        log.info("export %s: fp32 graph written and checked (opset %d)", meta["name"], opset)
         files = {"fp32": MODEL_FILE}
         parity = {
             "fp32": check_parity(
@@ -346,6 +355,7 @@ def export_module(
                 include_preprocessing=include_preprocessing,
             )
         }
+        _log_parity(meta["name"], "fp32", parity["fp32"])
         if fp16:
             convert_fp16(path, tmp / FP16_FILE)
             check_graph(tmp / FP16_FILE)
@@ -358,6 +368,7 @@ def export_module(
                 include_preprocessing=include_preprocessing,
             )
             files["fp16"] = FP16_FILE
+            _log_parity(meta["name"], "fp16", parity["fp16"])
         agreement = None
         if int8:
             calibration = data.train_images[_spread(len(data.train_images), CALIBRATION_IMAGES)]
@@ -380,6 +391,9 @@ def export_module(
                     "(use the fp32 or fp16 export)"
                 )
             files["int8"] = INT8_FILE
+            log.info(
+                "export %s: int8 top-1 agreement with fp32 %.2f%%", meta["name"], agreement * 100
+            )
         requested = files.get("int8") or files.get("fp16") or MODEL_FILE
         result = ExportResult(
             name=meta["name"],
@@ -407,6 +421,15 @@ def export_module(
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _log_parity(name: str, precision: str, check: Mapping[str, Any]) -> None:
+    """One progress line per export step (the ``medzoo`` program shows them; ``--quiet`` not)."""
+    log.info(
+        "export %s: %s parity max abs %.2e, rel %.2e on %s images",
+        name, precision, check.get("max_abs", float("nan")), check.get("max_rel", float("nan")),
+        check.get("images", "?"),
+    )  # fmt: skip
 
 
 def _spread(n: int, k: int) -> np.ndarray:
@@ -532,11 +555,12 @@ def export_model(
     ensure_writable_dir(out_dir, what="the export folder")  # before the export, not after it
     if int8 and calibration_root is None:
         raise MedzooError(
-            "--int8 needs calibration images: add --calibration-data ROOT (a MIMeta root with the model's datasets)"
+            "--int8 needs calibration images: add --data-root ROOT (a MIMeta root with the model's datasets)"
         )
     if int8 and not Path(calibration_root).is_dir():
         raise MedzooError(
-            f"calibration data root {calibration_root} does not exist; pass a MIMeta root"
+            f"--int8 needs calibration images from the data root {calibration_root}, which does not exist; pass "
+            "--data-root ROOT (a MIMeta root with the model's datasets) or set MEDZOO_DATA"
         )
     meta = entry_metadata(entry)
     data = ExportData()

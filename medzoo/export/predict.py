@@ -1,8 +1,8 @@
 """``medzoo predict``: classify image files with a classifier entry, or embed them with a backbone.
 
 Images (PNG, JPEG, TIFF, anything Pillow reads) are converted to the entry's channels (``L`` for
-one, ``RGB`` for three), resized to its input size with its interpolation, and normalised with
-its mean and std: the preprocessing the weights were trained with. The same uint8 batch goes to
+one, ``RGB`` for three), then go through the entry's preprocessing rule, timm's evaluation
+transform (short side resized, centre crop, mean and std; :mod:`medzoo.data.transforms`). The same uint8 batch goes to
 torch or, with ``onnx=True``, to the verified ONNX export in onnxruntime.
 """
 
@@ -19,25 +19,20 @@ import numpy as np
 
 from medzoo.errors import MedzooError
 
-_RESAMPLE = {
-    "bilinear": "BILINEAR",
-    "bicubic": "BICUBIC",
-    "nearest": "NEAREST",
-    "lanczos": "LANCZOS",
-}
 
+def open_image(path: str | os.PathLike[str], in_chans: int) -> Any:
+    """A PIL image in the entry's mode (``L`` for one channel, ``RGB`` for three), fully read.
 
-def read_image(
-    path: str | os.PathLike[str],
-    in_chans: int,
-    size: tuple[int, int],
-    interpolation: str = "bilinear",
-) -> np.ndarray:
+    16-bit and float TIFFs are rescaled to 0-255 (min to max), not clipped.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise MedzooError(f"image {path} does not exist")
+    mode = {1: "L", 3: "RGB"}.get(in_chans)
+    if mode is None:
+        raise MedzooError(f"cannot feed images to a model with {in_chans} input channels (1 or 3)")
     try:
         with warnings.catch_warnings():
             # a DecompressionBombWarning (between 1x and 2x MAX_IMAGE_PIXELS) is an error here
@@ -45,28 +40,13 @@ def read_image(
             image = Image.open(path)
             image.load()
         with image:
-            mode = {1: "L", 3: "RGB"}.get(in_chans)
-            if mode is None:
-                raise MedzooError(
-                    f"cannot feed images to a model with {in_chans} input channels (1 or 3)"
-                )
-            if image.mode in (
-                "I;16",
-                "I;16B",
-                "I",
-                "F",
-            ):  # 16-bit / float TIFFs: rescale, do not clip
+            if image.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float TIFFs: rescale, no clip
                 array = np.asarray(image, dtype=np.float64)
                 span = float(array.max() - array.min()) or 1.0
-                image = Image.fromarray(
+                return Image.fromarray(
                     ((array - array.min()) / span * 255).round().astype(np.uint8)
-                )
-            image = image.convert(mode)
-            resample = getattr(Image.Resampling, _RESAMPLE.get(interpolation, "BILINEAR"))
-            height, width = size
-            if image.size != (width, height):
-                image = image.resize((width, height), resample)
-            array = np.asarray(image, dtype=np.uint8)
+                ).convert(mode)
+            return image.convert(mode)
     except MedzooError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -84,7 +64,19 @@ def read_image(
             f"{path} is a damaged image ({type(err).__name__} while decoding it); give an intact "
             "PNG, JPEG or TIFF file"
         ) from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def read_images(entry: Any, paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """uint8 ``[N, C, H, W]``: each file through the entry's preprocessing rule, before normalising.
+
+    The rule is timm's evaluation transform for the entry (:mod:`medzoo.data.transforms`): short
+    side resized to ``floor(size / crop_pct)``, centre crop; normalising the result gives exactly
+    ``medzoo.transforms(name)(image)``.
+    """
+    from medzoo.data.transforms import pixel_transform
+
+    transform = pixel_transform(entry)
+    return np.stack([transform(open_image(p, entry.in_chans)).numpy() for p in paths])
 
 
 def _onnx_outputs(name: str, entry: Any, images: np.ndarray, export_dir: Path) -> np.ndarray:
@@ -155,10 +147,7 @@ def predict(
     if not paths:
         raise MedzooError("give at least one image file")
     entry = model_info(name)
-    _, height, width = entry.input_size
-    images = np.stack(
-        [read_image(p, entry.in_chans, (height, width), entry.interpolation) for p in paths]
-    )
+    images = read_images(entry, paths)
     if onnx:
         where = Path(export_dir) if export_dir is not None else default_export_dir(name)
         outputs = _onnx_outputs(name, entry, images, where)

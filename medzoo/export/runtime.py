@@ -8,7 +8,7 @@ through these helpers; this module imports none of them, so the export package h
 from __future__ import annotations
 
 import contextlib
-import io
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -150,21 +150,44 @@ def model_input(
 # --------------------------------------------------------------------------- onnxruntime
 
 
+# Packages whose chatter an export hides. onnxruntime.quantization logs its advice with the
+# module-level logging.warning(), i.e. through the root logger, so its records are recognised by
+# the file they come from rather than by a logger name.
+QUIET_PACKAGES = ("onnxruntime", "onnxscript", "onnx_ir", "torch/onnx", "torch\\onnx")
+QUIET_LOGGERS = ("onnxruntime", "onnxscript", "onnx_ir", "onnx", "torch.onnx")
+
+
+class _DropExporterRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return not any(part in record.pathname for part in QUIET_PACKAGES)
+
+
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """The exporter and onnxruntime talk on stdout and warn; an export should print nothing."""
-    import logging
+    """Hide the exporter's and onnxruntime's warnings and info records (errors still show).
 
-    root_logger = logging.getLogger()
-    level = root_logger.level
-    # onnxruntime.quantization logs its advice through the root logger
-    root_logger.setLevel(logging.ERROR)
+    Scoped to those packages: their own loggers go to ERROR for the duration, and a filter on the
+    root logger drops only the records onnxruntime.quantization logs there; other loggers, the
+    root logger's level and ``sys.stdout`` are left alone.
+    """
+    drop = _DropExporterRecords()
+    root = logging.getLogger()
+    named = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in named]
+    root.addFilter(drop)  # only onnxruntime's records, which it logs on the root logger
+    for logger in named:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():
+            for package in QUIET_LOGGERS:
+                warnings.filterwarnings("ignore", module=package.replace(".", r"\.") + r"(\.|$)")
             yield
     finally:
-        root_logger.setLevel(level)
+        root.removeFilter(drop)
+        for logger, level in zip(named, levels):
+            logger.setLevel(level)
 
 
 def cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:

@@ -66,28 +66,122 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+# medzoo's metric names -> the Hub's metric ids (the `evaluate` library's), with their arguments.
+# Balanced accuracy is the macro-averaged recall.
+HUB_METRICS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "accuracy": ("accuracy", "Accuracy", None),
+    "balanced_accuracy": ("recall", "Balanced accuracy (macro recall)", {"average": "macro"}),
+    "macro_f1": ("f1", "Macro F1", {"average": "macro"}),
+    "macro_auroc": (
+        "roc_auc",
+        "Macro AUROC (one-vs-rest)",
+        {"average": "macro", "multi_class": "ovr"},
+    ),
+}
+STRATEGY_NAMES = {
+    "probe": "linear probe",
+    "linear-probe": "linear probe",
+    "finetune": "full fine-tuning",
+    "fine-tuned": "full fine-tuning",
+}
+# Hub dataset ids of training data that really is on the Hub (`datasets:` takes only those).
+HUB_DATASETS = {"imagenet": ["ILSVRC/imagenet-1k"]}
+
+
+def evaluation_cells(entry: ZooEntry) -> dict[tuple[str, str, float], dict[str, float]]:
+    """``{(dataset, strategy, label fraction): {metric: value, "accuracy_sd": ...}}``.
+
+    Reads the two shapes evaluation writes: ``dataset/strategy/fraction/metric`` (a backbone over
+    the grid) and ``dataset/strategy/metric`` or ``dataset/test/metric`` (all labels; ``test`` is a
+    classifier's own head). Other
+    numbers (``pretrain/final_loss``, ``weight_decay``) are not evaluation results.
+    """
+    cells: dict[tuple[str, str, float], dict[str, float]] = {}
+    for path, value in flat_metrics(entry.metrics).items():
+        parts = path.split("/")
+        metric = parts[-1]
+        if metric not in HUB_METRICS and metric != "accuracy_sd":
+            continue
+        if len(parts) == 4:
+            dataset, strategy, fraction_text = parts[:3]
+        elif len(parts) == 3:  # all labels: a classifier's own head is "dataset/test/metric"
+            dataset, strategy, fraction_text = parts[0], parts[1], "1.0"
+            strategy = entry.method if strategy == "test" else strategy
+        else:
+            continue
+        try:
+            fraction = float(fraction_text)
+        except ValueError:
+            continue
+        if math.isfinite(value):
+            cells.setdefault((dataset, strategy, fraction), {})[metric] = value
+    return dict(sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])))
+
+
+def headline_cells(entry: ZooEntry) -> dict[tuple[str, str, float], dict[str, float]]:
+    """Per dataset and strategy: all labels (the largest fraction) and the fewest labels."""
+    cells = evaluation_cells(entry)
+    keep: dict[tuple[str, str, float], dict[str, float]] = {}
+    for dataset, strategy in dict.fromkeys((d, s) for d, s, _ in cells):
+        fractions = [f for d, s, f in cells if (d, s) == (dataset, strategy)]
+        for fraction in dict.fromkeys((max(fractions), min(fractions))):
+            keep[(dataset, strategy, fraction)] = cells[(dataset, strategy, fraction)]
+    return keep
+
+
+def format_fraction(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
 def _eval_results(entry: ZooEntry) -> list[Any]:
+    """The model-index: headline results only, one (task, dataset config, split) key each."""
     from huggingface_hub import EvalResult
 
     results = []
-    for path, value in flat_metrics(entry.metrics).items():
-        parts = path.split("/")
-        if parts[-1] not in METRIC_NAMES or not math.isfinite(value):  # no spreads, losses, NaN
-            continue
-        dataset = next((p for p in parts if p in entry.datasets), None)
-        dataset = dataset or (entry.datasets[0] if entry.datasets else entry.domain or "mimeta")
-        results.append(
-            EvalResult(
-                task_type="image-classification",
-                dataset_type=dataset,
-                dataset_name=f"MIMeta {dataset}",
-                dataset_split="test",
-                metric_type=parts[-1],
-                metric_name=path,
-                metric_value=value,
+    for (dataset, strategy, fraction), metrics in headline_cells(entry).items():
+        how = STRATEGY_NAMES.get(strategy, strategy)
+        config = f"{dataset}-{strategy}-{format_fraction(fraction).replace('%', 'pct')}"
+        for metric, (hub_id, label, args) in HUB_METRICS.items():
+            if metric not in metrics:
+                continue
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name=f"Image classification, {how}, {format_fraction(fraction)} of the labels",
+                    dataset_type="mimeta",
+                    dataset_name=f"MIMeta {dataset}",
+                    dataset_config=config,
+                    dataset_split="test",
+                    dataset_args={"strategy": strategy, "label_fraction": fraction},
+                    metric_type=hub_id,
+                    metric_name=label,
+                    metric_args=args,
+                    metric_value=round(metrics[metric], 4),
+                )
             )
-        )
     return results[:_MAX_EVAL_RESULTS]
+
+
+def summary_table(entry: ZooEntry) -> list[str]:
+    """Markdown rows: dataset, strategy, labels, accuracy +- sd, balanced accuracy, F1, AUROC."""
+    cells = evaluation_cells(entry)
+    if not cells:
+        return []
+    lines = [
+        "| dataset | strategy | labels | accuracy | balanced accuracy | macro F1 | macro AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, strategy, fraction), m in cells.items():
+
+        def cell(key: str, m: dict[str, float] = m) -> str:
+            return f"{m[key]:.3f}" if key in m else "-"
+
+        accuracy = cell("accuracy") + (f" ± {m['accuracy_sd']:.3f}" if "accuracy_sd" in m else "")
+        lines.append(
+            f"| {dataset} | {STRATEGY_NAMES.get(strategy, strategy)} | {format_fraction(fraction)} "
+            f"| {accuracy} | {cell('balanced_accuracy')} | {cell('macro_f1')} | {cell('macro_auroc')} |"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- model card
@@ -106,8 +200,134 @@ def _recipe_text(entry: ZooEntry) -> str:
     return ""
 
 
-def _body(entry: ZooEntry, repo_id: str, folder: Path | None) -> str:
-    kind = "classifier" if entry.num_classes else "backbone (pooled 512-d features, no head)"
+def _details(
+    entry: ZooEntry, stats: dict[str, float] | None, dataset_licenses: dict[str, str] | None
+) -> list[str]:
+    kind = (
+        "Image classification" if entry.num_classes else "Image classification / feature backbone"
+    )
+    how = {
+        "barlow-twins": "Barlow Twins, self-supervised (no labels)",
+        "imagenet": "supervised ImageNet-1k (torchvision weights)",
+        "random": "none: a seeded random initialisation (baseline)",
+        "fine-tuned": f"fine-tuned from {entry.base_model or 'a zoo backbone'}",
+        "linear-probe": f"linear probe on the frozen {entry.base_model or 'zoo backbone'}",
+    }[entry.method]
+    lines = ["## Model Details", "", f"- **Model Type:** {kind}"]
+    lines.append("- **Model Stats:**")
+    if stats:
+        lines.append(f"  - Params (M): {stats['params_m']:.1f}")
+        lines.append(
+            f"  - GMACs: {stats['gmacs']:.2f} (convolutions and linear layers at the input size)"
+        )
+    lines.append(f"  - Image size: {entry.input_size[1]} x {entry.input_size[2]}")
+    lines.append(f"  - Channels: {entry.in_chans}")
+    lines.append(
+        f"  - Preprocessing: {entry.interpolation}, crop_pct {entry.crop_pct:g}, center crop, "
+        f"mean {list(entry.mean)}, std {list(entry.std)}"
+    )
+    lines.append("- **Pre-training:** " + how)
+    if entry.datasets:
+        licences = dataset_licenses or {}
+        data = ", ".join(
+            f"MIMeta `{d}`" + (f" (licence: {licences[d]})" if d in licences else "")
+            for d in entry.datasets
+        )
+        lines.append(f"- **Dataset:** {data}")
+    if entry.task:
+        lines.append(f"- **Task:** {entry.task} ({entry.num_classes} classes)")
+    if entry.make_target or entry.recipe_file:
+        lines.append(
+            f"- **Recipe:** `{entry.recipe_file or 'recipe.toml'}` (`{entry.make_target or 'medzoo pretrain'}`)"
+        )
+    lines += [
+        "- **Papers:**",
+        "  - Barlow Twins: Self-Supervised Learning via Redundancy Reduction: https://arxiv.org/abs/2103.03230",
+        "  - Deep Residual Learning for Image Recognition: https://arxiv.org/abs/1512.03385",
+        "  - MedIMeta (MIMeta): https://arxiv.org/abs/2404.16000",
+        f"- **Model licence:** {entry.license}",
+        f"- **Weights:** `model.safetensors`, sha256 `{entry.sha256 or 'n/a'}`; made "
+        f"{entry.created or 'n/a'} with medzoo at commit `{entry.git_commit or 'n/a'}`",
+        "",
+    ]
+    return lines
+
+
+def _usage(entry: ZooEntry, repo_id: str) -> list[str]:
+    mode = "L" if entry.in_chans == 1 else "RGB"
+    load = f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()'
+    head = [
+        "```python",
+        "import timm",
+        "import torch",
+        "from PIL import Image",
+        "",
+        f'img = Image.open("image.png").convert("{mode}")',
+        load,
+        "data_config = timm.data.resolve_model_data_config(model)  # the entry's own",
+        "transform = timm.data.create_transform(**data_config, is_training=False)",
+        "x = transform(img).unsqueeze(0)",
+    ]
+    lines = ["## Model Usage", ""]
+    if entry.num_classes:
+        lines += (
+            ["### Image Classification", ""]
+            + head
+            + [
+                "with torch.inference_mode():",
+                "    probabilities = model(x).softmax(dim=1)",
+                "top5 = probabilities.topk(min(5, probabilities.shape[1]))",
+                'labels = model.pretrained_cfg["label_names"]',
+                "```",
+                "",
+            ]
+        )
+    lines += ["### Feature Map Extraction", ""] + [
+        "```python",
+        "import timm",
+        "import torch",
+        "",
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True, features_only=True).eval()',
+        f"feature_maps = model(torch.zeros(1, {entry.in_chans}, {entry.input_size[1]}, {entry.input_size[2]}))",
+        "for f in feature_maps:",
+        "    print(f.shape)  # strides 2, 4, 8, 16, 32; 64 to 512 channels",
+        "```",
+        "",
+    ]
+    lines += (
+        ["### Image Embeddings", ""]
+        + head
+        + [
+            "with torch.inference_mode():",
+            "    embedding = model.forward_head(model.forward_features(x), pre_logits=True)  # [1, 512]",
+            "```",
+            "",
+            "With medzoo installed the same steps are one call each, and work on MIMeta data directly:",
+            "",
+            "```python",
+            "import medzoo",
+            "from medzoo.data.dataset import MIMetaDataset",
+            "",
+            f'transform = medzoo.transforms("{entry.name}")  # timm.data.create_transform(**medzoo.data_config(...))',
+            f'features = medzoo.extract_features("{entry.name}", images_uint8_or_loader)',
+            'test = MIMetaDataset("data/mimeta", "DATASET", "test", transform=transform)',
+            "```",
+            "",
+            "The weights also load into torchvision's `resnet18` with `strict=False` (only `fc` is "
+            "missing for a backbone).",
+            "",
+        ]
+    )
+    return lines
+
+
+def _body(
+    entry: ZooEntry,
+    repo_id: str,
+    folder: Path | None,
+    stats: dict[str, float] | None = None,
+    dataset_licenses: dict[str, str] | None = None,
+) -> str:
     what = {
         "barlow-twins": f"pre-trained with Barlow Twins (self-supervised, no labels) on MIMeta {entry.domain or ''}",
         "imagenet": "with ImageNet-1k weights",
@@ -115,42 +335,20 @@ def _body(entry: ZooEntry, repo_id: str, folder: Path | None) -> str:
         "fine-tuned": f"fine-tuned on MIMeta {entry.task or ''} from {entry.base_model or 'a zoo backbone'}",
         "linear-probe": f"a linear probe on MIMeta {entry.task or ''} over {entry.base_model or 'a frozen zoo backbone'}",
     }[entry.method]
+    kind = "classifier" if entry.num_classes else "backbone"
     lines = [
-        f"# {entry.name}",
+        f"# Model card for {entry.name}",
         "",
-        f"A timm `{entry.arch}` {kind}, {what.strip()}. Made with medzoo, "
-        "a model zoo of self-supervised backbones for medical imaging.",
-        "",
-        f"- datasets: {', '.join(entry.datasets) or 'n/a'}",
-        f"- input: {entry.in_chans} channel(s), {entry.input_size[1]}x{entry.input_size[2]} px, "
-        f"mean {list(entry.mean)}, std {list(entry.std)}, {entry.interpolation}",
-        f"- classes: {entry.num_classes or 'none (backbone)'}"
-        + (f" ({', '.join(entry.label_names)})" if entry.label_names else ""),
-        f"- sha256 of model.safetensors: `{entry.sha256}`",
-        f"- made {entry.created or 'n/a'} at git commit `{entry.git_commit or 'n/a'}`",
-        "",
-        "## How to load",
-        "",
-        "```python",
-        "import medzoo",
-        f'model = medzoo.load("hf-hub:{repo_id}")  # timm model in eval mode, sha256 checked',
-        f'model = medzoo.load("{entry.name}")  # by zoo name, where the zoo lists it',
-        "",
-        "import timm",
-        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)',
-        "```",
+        f"A timm `{entry.arch}` {kind}, {what.strip()}. Made with medzoo, a model zoo of "
+        "self-supervised backbones for medical imaging.",
         "",
     ]
-    recipe = _recipe_text(entry)
-    if recipe or entry.make_target:
-        lines += ["## Recipe", ""]
-        if entry.make_target:
-            lines += [
-                f"Reproduce with `{entry.make_target}` ({entry.recipe_file or 'recipe'}).",
-                "",
-            ]
-        lines += [recipe] if recipe else []
+    lines += _details(entry, stats, dataset_licenses)
+    lines += _usage(entry, repo_id)
     lines += _results_section(entry, folder)
+    recipe = _recipe_text(entry)
+    if recipe:
+        lines += ["## Recipe", "", recipe]
     lines += [
         "## Limitations",
         "",
@@ -158,7 +356,7 @@ def _body(entry: ZooEntry, repo_id: str, folder: Path | None) -> str:
         "clinical decisions. It was trained and evaluated on public MIMeta datasets; accuracy on "
         "other scanners, stains, hospitals or populations is unknown.",
         "",
-        "## Citations",
+        "## Citation",
         "",
         CITATIONS,
     ]
@@ -166,21 +364,19 @@ def _body(entry: ZooEntry, repo_id: str, folder: Path | None) -> str:
 
 
 def _results_section(entry: ZooEntry, folder: Path | None) -> list[str]:
-    flat = flat_metrics(entry.metrics)
+    table = summary_table(entry)
     images = (
         sorted(p.name for pat in PUBLISHED_PATTERNS for p in folder.glob(pat)) if folder else []
     )
     summary = folder / "summary.md" if folder else None
-    if not flat and not images and not (summary and summary.is_file()):
+    has_summary = bool(summary and summary.is_file())
+    if not table and not images and not has_summary:
         return []
-    lines = ["## Evaluation (official MIMeta test splits)", ""]
-    if summary and summary.is_file():
-        lines += [summary.read_text("utf-8").strip(), ""]
-    if flat:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {path} | {value:.4f} |" for path, value in flat.items()]
-        lines.append("")
+    lines = ["## Model Comparison", "", "Official MIMeta test splits; mean ± sd over seeds.", ""]
+    lines += [*table, ""] if table else []
     lines += [f"![{Path(name).stem}]({name})\n" for name in images]
+    if has_summary:
+        lines += ["Every run of the evaluation: [summary.md](summary.md).", ""]
     return lines
 
 
@@ -190,11 +386,15 @@ def model_card(
     repo_id: str | None = None,
     folder: Path | None = None,
     base_model: str | None = None,
+    stats: dict[str, float] | None = None,
+    dataset_licenses: dict[str, str] | None = None,
 ) -> Any:
-    """The huggingface_hub ``ModelCard`` for ``entry``.
+    """The huggingface_hub ``ModelCard`` for ``entry``, in timm's card layout.
 
-    ``folder`` supplies images and the summary; ``base_model`` is the Hub id of the model this
-    one was made from (:func:`medzoo.zoo.registry.base_model_hub_id` resolves a zoo name).
+    ``folder`` supplies figures and the summary; ``base_model`` is the Hub id of the model this
+    one was made from (:func:`medzoo.zoo.registry.base_model_hub_id` resolves a zoo name);
+    ``stats`` (``params_m``, ``gmacs``) and ``dataset_licenses`` (dataset id -> licence from its
+    ``info.yaml``) are facts the caller measured or read.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -206,17 +406,23 @@ def model_card(
         tags.append(entry.method)
     if entry.domain:
         tags.append(entry.domain)
+    extra: dict[str, Any] = {}
+    if dataset_licenses:
+        extra["dataset_licenses"] = {d: dataset_licenses[d] for d in sorted(dataset_licenses)}
     data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification" if entry.num_classes else "image-feature-extraction",
         license=entry.license,
         tags=tags,
-        datasets=list(entry.datasets) or None,
+        datasets=HUB_DATASETS.get(entry.method),  # MIMeta is not a Hub dataset: named in the text
         base_model=base_model,
         model_name=entry.name,
         eval_results=_eval_results(entry) or None,
+        **extra,
     )
-    content = f"---\n{data.to_yaml()}\n---\n\n{_body(entry, repo_id, folder)}"
+    content = (
+        f"---\n{data.to_yaml()}\n---\n\n{_body(entry, repo_id, folder, stats, dataset_licenses)}"
+    )
     return ModelCard(content)
 
 
@@ -226,5 +432,16 @@ def model_card_text(
     repo_id: str | None = None,
     folder: Path | None = None,
     base_model: str | None = None,
+    stats: dict[str, float] | None = None,
+    dataset_licenses: dict[str, str] | None = None,
 ) -> str:
-    return str(model_card(entry, repo_id=repo_id, folder=folder, base_model=base_model))
+    return str(
+        model_card(
+            entry,
+            repo_id=repo_id,
+            folder=folder,
+            base_model=base_model,
+            stats=stats,
+            dataset_licenses=dataset_licenses,
+        )
+    )

@@ -158,31 +158,123 @@ CARD_FILE = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle", ".tar")
 
 
-def timm_config(entry: ZooEntry, num_features: int) -> dict[str, Any]:
-    """The ``config.json`` timm reads from a ``local-dir:`` folder or an ``hf-hub:`` repository."""
-    pretrained_cfg: dict[str, Any] = {
-        "input_size": list(entry.input_size),
+# Papers behind each kind of weights, as timm's PretrainedCfg records them (``paper_ids``).
+_RESNET_PAPER = ("Deep Residual Learning for Image Recognition", "arXiv:1512.03385")
+_BARLOW_TWINS_PAPER = (
+    "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+    "arXiv:2103.03230",
+)
+# The PretrainedCfg fields that say where weights come from: timm's save_config_for_hf drops them
+# from config.json (the folder or repository is the source).
+SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
+
+
+def _adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """Mean/std for ``in_chans`` channels: as given, else their average repeated (as timm does)."""
+    if len(values) == in_chans:
+        return values
+    return (sum(values) / len(values),) * in_chans
+
+
+def pretrained_cfg(
+    entry: ZooEntry, *, in_chans: int | None = None, num_classes: int | None = None
+) -> dict[str, Any]:
+    """The entry's own timm ``PretrainedCfg``, every field set from the entry.
+
+    Nothing is inherited from a timm default tag (``resnet18.a1_in1k`` would bring a 288 px test
+    size, its licence and its paper): a field the entry does not set is ``None``, so
+    ``timm.data.resolve_model_data_config(model, use_test_size=True)`` gives the entry's own size,
+    channels, mean and std. ``in_chans`` / ``num_classes`` describe a model adapted from the entry
+    (conv1 adapted, a new head); label names are kept only for the entry's own head.
+    """
+    chans = entry.in_chans if in_chans is None else int(in_chans)
+    classes = entry.num_classes if num_classes is None else int(num_classes)
+    height, width = entry.input_size[1:]
+    paper_name, paper_id = (
+        _BARLOW_TWINS_PAPER if entry.method == "barlow-twins" or entry.domain else _RESNET_PAPER
+    )
+    return {
+        "url": None,
+        "file": None,
+        "state_dict": None,
+        "hf_hub_id": entry.hub_repo_id,
+        "hf_hub_filename": None,
+        "source": "medzoo",
+        "architecture": entry.arch,
+        "tag": None,
+        "custom_load": False,
+        # input: what data_config / create_transform read
+        "input_size": (chans, height, width),
+        "test_input_size": None,  # no separate test resolution: evaluate at input_size
+        "min_input_size": None,
+        "fixed_input_size": False,
         "interpolation": entry.interpolation,
         "crop_pct": entry.crop_pct,
+        "test_crop_pct": None,
         "crop_mode": "center",
-        "mean": list(entry.mean),
-        "std": list(entry.std),
-        "num_classes": entry.num_classes,
+        "mean": _adapt_stats(entry.mean, chans),
+        "std": _adapt_stats(entry.std, chans),
+        # head
+        "num_classes": classes,
+        "label_offset": None,
+        "label_names": entry.label_names
+        if entry.label_names and classes == entry.num_classes
+        else None,
+        "label_descriptions": None,
+        # architecture facts timm's ResNet reports (stride 32)
+        "pool_size": (max(1, height // 32), max(1, width // 32)),
+        "test_pool_size": None,
         "first_conv": "conv1",
         "classifier": "fc",
+        # provenance
         "license": entry.license,
+        "description": _description(entry),
+        "origin_url": f"https://huggingface.co/{entry.hub_repo_id}" if entry.hub_repo_id else None,
+        "paper_name": paper_name,
+        "paper_ids": paper_id,
+        "notes": None,
     }
+
+
+def _description(entry: ZooEntry) -> str:
+    what = {
+        "barlow-twins": "Barlow Twins self-supervised backbone",
+        "imagenet": "ImageNet-1k supervised weights",
+        "random": "seeded random initialisation",
+        "fine-tuned": "fine-tuned classifier",
+        "linear-probe": "linear-probe classifier",
+    }[entry.method]
+    on = f" on MIMeta {', '.join(entry.datasets)}" if entry.datasets else ""
+    task = f" ({entry.task})" if entry.task else ""
+    return f"medzoo {entry.name}: {entry.arch} {what}{on}{task}"
+
+
+def timm_config(entry: ZooEntry, num_features: int) -> dict[str, Any]:
+    """The ``config.json`` timm reads from a ``local-dir:`` folder or an ``hf-hub:`` repository.
+
+    The same schema ``timm.models.save_config_for_hf`` writes (tested against it): source fields
+    and ``None`` values dropped from ``pretrained_cfg``, ``architecture``, ``num_classes``,
+    ``num_features``, ``global_pool`` and ``model_args`` at the top level, ``label_names`` inside
+    ``pretrained_cfg``.
+    """
+    cfg = pretrained_cfg(entry)
     config: dict[str, Any] = {
-        "architecture": entry.arch,
+        "architecture": cfg.pop("architecture"),
         "num_classes": entry.num_classes,
         "num_features": num_features,
         "global_pool": "avg",
-        # timm passes model_args to the model constructor: this is what makes in_chans=1 load
-        "model_args": {"in_chans": entry.in_chans},
     }
-    if entry.label_names:
-        config["label_names"] = list(entry.label_names)  # timm moves it into pretrained_cfg
-    config["pretrained_cfg"] = pretrained_cfg
+    # timm passes model_args to the model constructor: this is what makes in_chans=1 load
+    config["model_args"] = {
+        "global_pool": "avg",
+        "in_chans": entry.in_chans,
+        "num_classes": entry.num_classes,
+    }
+    config["pretrained_cfg"] = {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in cfg.items()
+        if key not in SOURCE_KEYS and value is not None
+    }
     config["medzoo"] = entry.to_dict()
     return config
 
@@ -257,3 +349,25 @@ def num_features(arch: str) -> int:
 
     with torch.device("meta"):  # no memory, no init: only the attribute is wanted
         return int(timm.create_model(arch, pretrained=False, num_classes=0).num_features)
+
+
+def model_stats(entry: ZooEntry) -> dict[str, float]:
+    """Parameters (millions) and GMACs at the entry's input size, as timm's cards list them.
+
+    Counted on the meta device (no memory, no weights) with ``torch.utils.flop_counter``, which
+    counts convolutions and matrix products: MACs = FLOPs / 2.
+    """
+    import timm
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = timm.create_model(
+            entry.arch, pretrained=False, num_classes=entry.num_classes, in_chans=entry.in_chans
+        ).eval()
+        x = torch.empty(1, *entry.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params_m": params / 1e6, "gmacs": counter.get_total_flops() / 2 / 1e9}

@@ -21,6 +21,7 @@ from medzoo.zoo.entry import (
     CARD_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
+    model_stats,
     num_features,
     read_weights,
     timm_config,
@@ -70,7 +71,12 @@ def save_for_hub(name: str, out_dir: str | Path, *, repo_id: str | None = None) 
         config = timm_config(entry, _num_features_of(source))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", "utf-8")
         card = model_card_text(
-            entry, repo_id=repo_id, folder=tmp, base_model=base_model_hub_id(entry)
+            entry,
+            repo_id=repo_id,
+            folder=tmp,
+            base_model=base_model_hub_id(entry),
+            stats=model_stats(entry),
+            dataset_licenses=dataset_licenses(entry.datasets),
         )
         (tmp / CARD_FILE).write_text(card, "utf-8")
         if out_dir.exists():
@@ -79,6 +85,31 @@ def save_for_hub(name: str, out_dir: str | Path, *, repo_id: str | None = None) 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def dataset_licenses(
+    datasets: tuple[str, ...] | list[str], root: str | Path | None = None
+) -> dict[str, str]:
+    """Each training dataset's licence from its ``info.yaml`` under the data root, where present.
+
+    The data root is ``root``, else ``MEDZOO_DATA`` / ``data/mimeta``; datasets not on this
+    machine are left out (the card then names them without a licence).
+    """
+    from medzoo.config import data_root
+    from medzoo.data.mimeta import read_info
+
+    base = data_root(root)
+    out: dict[str, str] = {}
+    for dataset in datasets:
+        if not (base / dataset / "info.yaml").is_file():
+            continue
+        try:
+            licence = read_info(base, dataset).get("license")
+        except MedzooError:
+            continue
+        if licence:
+            out[dataset] = str(licence)
+    return out
 
 
 def _num_features_of(folder: Path) -> int:

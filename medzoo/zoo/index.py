@@ -26,6 +26,7 @@ from typing import Any
 from medzoo.config import medzoo_home
 from medzoo.errors import MedzooError
 from medzoo.provenance import (
+    atomic_path,
     atomic_write_text,
     disk_error,
     ensure_writable_dir,
@@ -294,3 +295,33 @@ def _swap_in(new: Path, folder: Path) -> None:
     fsync_dir(folder.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- evaluation files
+
+
+def attach_evaluation(name: str, run_dir: str | os.PathLike[str]) -> list[str]:
+    """Copy an evaluation's ``summary.md`` and ``name``'s figures into its entry folder.
+
+    The model card (and a Hub upload) then shows them. Figures are the run's label-fraction
+    curves and the confusion matrices and t-SNE maps of this init. Entries without a local folder
+    (timm or random weights) are left alone. Returns the file names copied.
+    """
+    folder = entry_folder(name)
+    run_dir = Path(run_dir)
+    if not (folder / CONFIG_FILE).is_file():
+        return []
+    figures = run_dir / "figures"
+    chosen = [run_dir / "summary.md"] if (run_dir / "summary.md").is_file() else []
+    if figures.is_dir():
+        chosen += sorted(
+            p
+            for p in figures.glob("*.png")
+            if p.name.startswith("curves-") or f"-{name}-" in p.name or p.stem.endswith(f"-{name}")
+        )
+    with registry_lock():
+        for path in chosen:
+            with atomic_path(folder / path.name) as tmp:
+                tmp.write_bytes(path.read_bytes())
+        _refresh_folder(model_info(name))
+    return [p.name for p in chosen]

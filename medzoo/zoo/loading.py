@@ -13,12 +13,19 @@ Names resolve through :mod:`medzoo.zoo.registry`; :mod:`medzoo.zoo.index` re-exp
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from medzoo.errors import MedzooError
-from medzoo.zoo.entry import CONFIG_FILE, WEIGHTS_FILE, ZooEntry, read_weights, refuse_pickles
+from medzoo.zoo.entry import (
+    CONFIG_FILE,
+    SOURCE_KEYS,
+    WEIGHTS_FILE,
+    ZooEntry,
+    pretrained_cfg,
+    read_weights,
+    refuse_pickles,
+)
 from medzoo.zoo.registry import (
     entry_folder,
     model_info,
@@ -139,12 +146,12 @@ def _load_entry(
             f"seed= applies to random-init zoo entries; {entry.name} has fixed weights"
         )
     if not pretrained:
-        return _create(entry, num_classes, in_chans)
+        return build_model(entry, num_classes, in_chans)
     state = local_weights(entry)
     if state is None and entry.hub_repo_id:
         state = _hub_weights(entry)
     if state is not None:
-        return _create(entry, num_classes, in_chans, state)
+        return build_model(entry, num_classes, in_chans, state)
     if entry.timm_name:
         return _timm_pretrained(entry, num_classes, in_chans)
     how = f"run `{entry.make_target}` to train it" if entry.make_target else "train or publish it"
@@ -163,7 +170,7 @@ def _random_init(entry: ZooEntry, num_classes: int | None, in_chans: int | None,
 
     with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
         torch.manual_seed(seed)
-        model = _create(entry, None, in_chans, zero_init_last=False)
+        model = build_model(entry, None, in_chans, zero_init_last=False)
     if num_classes is not None and num_classes != entry.num_classes:
         # a new head after the seeded backbone, so the backbone is the same for any head
         model.reset_classifier(int(num_classes))
@@ -171,46 +178,31 @@ def _random_init(entry: ZooEntry, num_classes: int | None, in_chans: int | None,
     return model
 
 
-def _adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    if len(values) == in_chans:
-        return values
-    return (sum(values) / len(values),) * in_chans
-
-
-def _create(
+def build_model(
     entry: ZooEntry,
     num_classes: int | None,
     in_chans: int | None,
     state: dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> Any:
-    """A timm model whose pretrained_cfg describes the entry, with ``state`` loaded."""
+    """A timm model built from ``entry``: its own ``pretrained_cfg``, ``state`` loaded if given.
+
+    ``num_classes`` / ``in_chans`` different from the entry's put a new head on / adapt conv1.
+    """
     import timm
 
     classes = entry.num_classes if num_classes is None else int(num_classes)
     chans = entry.in_chans if in_chans is None else int(in_chans)
     same_head = classes == entry.num_classes
-    overlay = {
-        "input_size": (chans, *entry.input_size[1:]),
-        "mean": _adapt_stats(entry.mean, chans),
-        "std": _adapt_stats(entry.std, chans),
-        "interpolation": entry.interpolation,
-        "crop_pct": entry.crop_pct,
-        "num_classes": classes,
-        "label_names": entry.label_names if same_head and entry.label_names else None,
-        "license": entry.license,
-        "hf_hub_id": entry.hub_repo_id,
-        "url": None,
-        "tag": None,
-        "source": "medzoo",
-    }
+    # the entry's own PretrainedCfg, whole: nothing inherited from timm's default tag
+    cfg = pretrained_cfg(entry, in_chans=chans, num_classes=classes)
     try:
         model = timm.create_model(
             entry.arch,
             pretrained=False,
             num_classes=classes,
             in_chans=chans,
-            pretrained_cfg_overlay=overlay,
+            pretrained_cfg=cfg,
             **model_kwargs,
         )
     except RuntimeError as err:
@@ -263,7 +255,7 @@ def _is_network_error(err: BaseException) -> bool:
 
 
 def _hub_unreachable() -> bool:
-    """True when HF_HUB_OFFLINE is set or the Hub endpoint does not accept a connection.
+    """True in huggingface_hub's offline mode or when the Hub endpoint refuses a connection.
 
     Asked before a download so that an offline machine gets its one-line error at once instead
     of after huggingface_hub's retries with backoff (half a minute per file).
@@ -271,9 +263,11 @@ def _hub_unreachable() -> bool:
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():  # HF_HUB_OFFLINE, as huggingface_hub itself reads it
         return True
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    endpoint = urlparse(constants.ENDPOINT)
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((endpoint.hostname or "", port), timeout=5).close()
@@ -290,8 +284,18 @@ def _timm_pretrained(entry: ZooEntry, num_classes: int | None, in_chans: int | N
     try:
         if not _timm_weights_cached(entry.timm_name) and _hub_unreachable():
             raise OSError("offline")
+        # timm's weights, the entry's preprocessing and provenance (source keys stay timm's)
+        overlay = {
+            key: value
+            for key, value in pretrained_cfg(entry, in_chans=chans, num_classes=classes).items()
+            if key not in SOURCE_KEYS
+        }
         return timm.create_model(
-            entry.timm_name, pretrained=True, num_classes=classes, in_chans=chans
+            entry.timm_name,
+            pretrained=True,
+            num_classes=classes,
+            in_chans=chans,
+            pretrained_cfg_overlay=overlay,
         )
     except Exception as err:
         if not _is_network_error(err):

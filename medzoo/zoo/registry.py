@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +137,23 @@ def valid_entries(models: Mapping[str, Any]) -> tuple[dict[str, ZooEntry], dict[
     return good, bad
 
 
-def list_models() -> list[str]:
-    """Names of every model in the packaged catalog and the local registry, sorted.
+def list_models(filter: str | Sequence[str] = "") -> list[str]:
+    """Names in the packaged catalog and the local registry, sorted.
 
-    Malformed registry records are left out (``medzoo list`` names them); a catalog entry of
-    the same name stays listed.
+    ``filter``: an fnmatch pattern or a list of them (any may match), as in
+    ``timm.list_models(filter=...)``; empty lists every model. Malformed registry records are
+    left out (``medzoo list`` names them); a catalog entry of the same name stays listed.
     """
+    import fnmatch
+
     recover()
     good, _ = valid_entries(read_registry())
-    return sorted(set(_catalog()) | set(good))
+    names = sorted(set(_catalog()) | set(good))
+    patterns = [filter] if isinstance(filter, str) else list(filter)
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        return names
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def list_entries() -> tuple[list[ZooEntry], dict[str, str]]:
