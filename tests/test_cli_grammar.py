@@ -14,9 +14,10 @@ import pytest
 from medzoo.cli import build_parser, main
 from medzoo.completion import command_words
 
-# Every leaf command that reads (or unpacks into) a MIMeta root.
+# Every leaf command that reads (or unpacks or imports into) a MIMeta root.
 READS_DATA = {
-    "data fetch", "data info", "data bench", "pretrain", "evaluate", "train-head", "export",
+    "data fetch", "data info", "data bench", "data import", "pretrain", "evaluate", "train-head",
+    "export",
     "bench",
 }  # fmt: skip
 OLD_SPELLINGS = ("--root", "--calibration-data")
