@@ -462,5 +462,8 @@ def benchmark(
     if breakdown:
         from medzoo.stepbench import add_efficiency, step_breakdown
 
-        result = add_efficiency(result, step_breakdown(cfg, images, runtime, steps))
+        phases = step_breakdown(
+            cfg, images, runtime, steps, build_model=build_model, build_optimizer=build_optimizer
+        )
+        result = add_efficiency(result, phases)
     return result

@@ -36,13 +36,24 @@ def _timer(device: torch.device) -> Callable[[], float]:
     return now
 
 
-def step_breakdown(cfg: Any, images: torch.Tensor, runtime: Any, steps: int) -> dict[str, Any]:
-    """Seconds per step of each phase (mean over ``steps`` after one warm-up) and the bare loop."""
+def step_breakdown(
+    cfg: Any,
+    images: torch.Tensor,
+    runtime: Any,
+    steps: int,
+    *,
+    build_model: Callable[[Any], torch.nn.Module],
+    build_optimizer: Callable[[torch.nn.Module, Any], torch.optim.Optimizer],
+) -> dict[str, Any]:
+    """Seconds per step of each phase (mean over ``steps`` after one warm-up) and the bare loop.
+
+    ``build_model`` and ``build_optimizer`` are the training loop's own (:mod:`medzoo.pretrain`
+    passes them; this module does not import it, so the two stay free of an import cycle).
+    """
     from medzoo import losses
     from medzoo.config import default_mean_std
     from medzoo.data.augment import TwoViewAugment, resolve_augment
     from medzoo.data.batches import BatchSource
-    from medzoo.pretrain import build_model, build_optimizer
 
     training = cfg.training
     device = runtime.device
