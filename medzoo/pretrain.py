@@ -682,8 +682,12 @@ def benchmark(
     data_root: str | os.PathLike[str] | None = None,
     synthetic: bool = False,
     warmup_steps: int = 2,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
     """Samples/s, data-wait fraction and peak memory of ``steps`` pre-training steps.
+
+    ``breakdown`` adds the per-phase times and the loop's efficiency against a bare loop on the
+    same views (:mod:`medzoo.stepbench`, timed outside the loop).
 
     Nothing is registered; checkpoints go to a temporary folder. ``synthetic`` uses random uint8
     images at the recipe's size instead of a data root.
@@ -734,4 +738,11 @@ def benchmark(
         result["peak_memory_gb"] = torch.cuda.max_memory_allocated(runtime.device) / 2**30
     else:
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if breakdown:
+        from medzoo.stepbench import add_efficiency, step_breakdown
+
+        phases = step_breakdown(
+            cfg, images, runtime, steps, build_model=build_model, build_optimizer=build_optimizer
+        )
+        result = add_efficiency(result, phases)
     return result

@@ -319,3 +319,95 @@ def fit_probe(
             best = ProbeHead(linear, mean, std, weight_decay, accuracy)
     assert best is not None
     return best
+
+
+def fit_probes(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    train_subsets: Sequence[Sequence[int]],
+    val_subsets: Sequence[Sequence[int]] | None = None,
+    *,
+    weight_decays: Sequence[float] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+    max_iter: int = 100,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[ProbeHead]:
+    """:func:`fit_probe` for many label subsets of one feature set at once (a sweep's
+    (fraction, seed) runs of one init), every (subset, weight decay) head in ONE L-BFGS run.
+
+    Each subset is a row mask over ``train_x``; its heads minimise the mean cross-entropy over
+    its own rows, so the problems stay independent (their losses are summed) and each head's
+    optimum is the one :func:`fit_probe` finds. ``val_subsets`` (default: all of val for each)
+    choose each subset's weight decay, ties to the larger one. ``stats`` default to those of
+    the whole ``train_x`` (what evaluation passes to every run).
+    """
+    device = torch.device(device)
+    if not weight_decays:
+        raise MedzooError("probe.weight_decays is empty: give at least one value, e.g. [1e-4]")
+    if not train_subsets:
+        return []
+    mean, std = stats if stats is not None else feature_stats(train_x)
+    mean, std = mean.to(device), std.to(device)
+    tx = ((train_x.to(device) - mean) / std).float()
+    vx = ((val_x.to(device) - mean) / std).float()
+    ty, vy = train_y.to(device), val_y.to(device)
+    decays = sorted(float(w) for w in weight_decays)
+    problems, grid = len(train_subsets), len(decays)
+    n, dim = tx.shape
+    # rows of each problem; a row weight of 1 / n_p gives each problem its own mean loss
+    row_weight = torch.zeros(problems, n, device=device)
+    for p, subset in enumerate(train_subsets):
+        rows = torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
+        row_weight[p, rows] = 1.0 / max(len(rows), 1)
+    heads_n = problems * grid
+    weight = torch.zeros(heads_n, num_classes, dim, device=device, requires_grad=True)
+    bias = torch.zeros(heads_n, num_classes, device=device, requires_grad=True)
+    decay = torch.tensor(decays * problems, device=device).view(heads_n, 1, 1)
+    per_head_rows = row_weight.repeat_interleave(grid, 0)  # [heads, n]
+    used = per_head_rows.sum(0) > 0  # rows no problem uses cost nothing
+    x_used, y_used, w_used = tx[used], ty[used], per_head_rows[:, used]
+    optimizer = torch.optim.LBFGS(
+        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = torch.einsum("nd,hkd->hnk", x_used, weight) + bias[:, None, :]
+        losses = nn.functional.cross_entropy(
+            logits.reshape(-1, num_classes), y_used.repeat(heads_n), reduction="none"
+        ).view(heads_n, -1)
+        loss = (losses * w_used).sum() + 0.5 * (decay * weight.pow(2)).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad(), _few_threads_for_small(x_used):
+        optimizer.step(closure)
+    out = []
+    with torch.no_grad():
+        val_logits = torch.einsum("nd,hkd->hnk", vx, weight) + bias[:, None, :]
+        correct = (val_logits.argmax(2) == vy[None]).float()  # [heads, n_val]
+    for p in range(problems):
+        rows = (
+            torch.arange(len(vy), device=device)
+            if val_subsets is None
+            else torch.as_tensor(np.asarray(val_subsets[p], dtype=np.int64), device=device)
+        )
+        best: ProbeHead | None = None
+        for g, weight_decay in enumerate(decays):
+            h = p * grid + g
+            accuracy = correct[h, rows].mean().item() if len(rows) else 0.0
+            if best is None or accuracy >= best.val_accuracy:
+                linear = nn.Linear(dim, num_classes).to(device)
+                with torch.no_grad():
+                    linear.weight.copy_(weight[h])
+                    linear.bias.copy_(bias[h])
+                best = ProbeHead(
+                    linear.eval().requires_grad_(False), mean, std, weight_decay, accuracy
+                )
+        assert best is not None
+        out.append(best)
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from medzoo.cli import main
@@ -30,8 +31,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     assert "demo-bt-liver-r18" in summary and "random-r18" in summary
     assert "(n=" in summary and "**optimiser steps**" in summary and "1000 GPU epochs" in summary
     # every fine-tune run of the demo grid trains at least min_steps, at every budget
-    import json
-
     from medzoo.evaluate import load_eval_config
 
     min_steps = load_eval_config(RECIPES / "eval-demo.toml").finetune.min_steps
@@ -44,3 +43,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys) -> None:
     assert (out / "hub" / "model.safetensors").is_file() and (out / "hub" / "README.md").is_file()
     assert list((out / "eval" / "figures").glob("*.png"))
     assert "total:" in capsys.readouterr().out
+    # issue 14: the demo's classifier exports to int8 with its accuracy gate (it was refused)
+    int8 = out / "export-int8"
+    argv = ["export", "demo-bt-liver-r18-axial-organ", "--int8", "--calibration-data"]
+    assert main([*argv, str(out / "data"), "--out", str(int8)]) == 0
+    check = json.loads((int8 / "export.json").read_text())["parity"]["int8"]
+    assert check["passed"] and check["balanced_accuracy_change"] >= -0.01
+    assert 0 <= check["top1_agreement"] <= 1 and len(check["per_class"]) == 11

@@ -75,6 +75,18 @@ def test_bench_writes_tables_and_never_claims_a_missing_gpu(
     assert "| ort-cpu | cpu | fp32 | 3 |" in table and "Providers that ran" in table
     if not torch.cuda.is_available():
         assert "Not available here" in table and "ort-cuda" in table
+    # roofline: the model's FLOPs and this run's GEMM ceiling give each row its fraction
+    roof = saved["roofline"]
+    assert roof["flops_per_image"] > 1e7 and roof["cpu_ceilings"]["fp32_gflops"] > 0
+    assert roof["cpu_ceilings"]["threads"] == saved["threads"]
+    for row in saved["results"]:
+        gflops = roof["flops_per_image"] * row["throughput"] / 1e9
+        assert row["gflops"] == pytest.approx(gflops)
+        assert row["fraction_of_ceiling"] == pytest.approx(
+            gflops / roof["cpu_ceilings"][row["ceiling"]]
+        )
+    assert "ISA: " in table and "of ceiling" in table
+    assert any(g["goal"].startswith("onnxruntime fp32 >= 70%") for g in roof["goals"])
 
 
 def test_bench_cli_prints_the_table(
@@ -114,7 +126,7 @@ def test_bench_pretrain_calls_the_training_benchmark(
     pretrain = pytest.importorskip("medzoo.pretrain")
     seen = {}
 
-    def fake_benchmark(cfg, steps, data_root=None, synthetic=False):  # noqa: ANN001, ANN202
+    def fake_benchmark(cfg, steps, data_root=None, synthetic=False, breakdown=False):  # noqa: ANN001, ANN202
         seen.update(cfg=cfg, steps=steps, data_root=data_root, synthetic=synthetic)
         return {"steps_per_s": 1.5}
 

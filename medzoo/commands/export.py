@@ -33,7 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--int8",
         action="store_true",
         help="also write model_int8.onnx: onnxruntime static quantisation calibrated on train "
-        "images; kept only at >= 99%% top-1 agreement with fp32 on the test split",
+        "images (method and fp32 layers chosen by measurement); kept only if it passes the gate "
+        "on the test split (balanced accuracy, or embedding cosine for a backbone)",
+    )
+    export.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="int8 gate: largest balanced-accuracy drop allowed, in points (default 1.0)",
+    )
+    export.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.99,
+        help="int8 gate of a backbone: smallest mean cosine of the embeddings (default 0.99)",
     )
     export.add_argument("--calibration-data", dest="calibration_data", help=argparse.SUPPRESS)
     export.add_argument(
@@ -75,10 +89,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from medzoo.config import data_root
     from medzoo.errors import MedzooError
+    from medzoo.export.int8 import Int8Gate
     from medzoo.export.onnx import export_model
 
     if args.calibration_data and args.data_root and args.calibration_data != args.data_root:
         raise MedzooError("--calibration-data is the old spelling of --data-root: give one")
+    if not 0.0 <= args.max_accuracy_drop <= 100.0:
+        raise MedzooError(f"--max-accuracy-drop {args.max_accuracy_drop} must be 0 to 100 points")
+    if not -1.0 <= args.min_cosine <= 1.0:
+        raise MedzooError(f"--min-cosine {args.min_cosine} must be -1 to 1")
     explicit = args.data_root or args.calibration_data
     result = export_model(
         args.name,
@@ -89,6 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
         calibration_root=data_root(explicit) if args.int8 else None,
         include_preprocessing=args.include_preprocessing,
         data_root=explicit,
+        gate=Int8Gate(max_accuracy_drop=args.max_accuracy_drop / 100.0, min_cosine=args.min_cosine),
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -96,7 +116,10 @@ def run_export(args: argparse.Namespace) -> int:
     for precision, file_name in result.files.items():
         check = result.parity[precision]
         if precision == "int8":
-            detail = f"top-1 agreement with fp32 {check['top1_agreement']:.2%} on {check['images']} test images"
+            detail = (
+                f"{check['reason']} on {check['images']} test images "
+                f"({check['method']} calibration, fp32: {check['keep_fp32']}, {check['format']})"
+            )
         else:
             detail = f"parity max abs {check['max_abs']:.2e}, rel {check['max_rel']:.2e} on {check['images']} images"
         print(f"{result.out_dir / file_name}  [{precision}] {detail}")

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from medzoo.errors import MedzooError
+from medzoo.machine import cpu_name as cpu_name
+from medzoo.machine import physical_cores as physical_cores
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -37,29 +39,6 @@ PROVIDERS = {
 }
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share a core's FMA units)."""
-    allowed = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-    try:
-        cores, current = set(), {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key in ("physical id", "core id"):
-                current[key] = value.strip()
-            elif not key and current:
-                cores.add((current.get("physical id"), current.get("core id")))
-                current = {}
-        if current:
-            cores.add((current.get("physical id"), current.get("core id")))
-        found = len(cores) if cores and None not in next(iter(cores)) else allowed
-    except OSError:
-        found = allowed
-    return max(1, min(found, allowed))
 
 
 def parse_providers(providers: Sequence[str]) -> list[str]:
@@ -410,6 +389,7 @@ def run_bench(
     finally:
         torch.set_num_threads(previous_threads)
     _add_speedups(rows)
+    roofline = _roofline(rows, load(name), meta, threads, providers)
     report = {
         "name": name,
         "input_size": meta["input_size"],
@@ -418,10 +398,11 @@ def run_bench(
         "providers_ran": sorted({p for r in rows for p in r.get("providers", [])[:1]}),
         "unavailable": unavailable,
         "threads": threads,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "iterations": iterations,
         "warmup": warmup,
         "results": rows,
+        "roofline": roofline,
         **provenance(),
     }
     atomic_write_json(out_dir / BENCH_JSON, report)
@@ -430,21 +411,77 @@ def run_bench(
     return report
 
 
+def flops_per_image(model: Any, input_size: Sequence[int]) -> float:
+    """Floating-point operations of one forward pass (2 per multiply-add), counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model.eval()(torch.zeros(1, *input_size))
+    return float(counter.get_total_flops())
+
+
+def _roofline(
+    rows: list[dict[str, Any]], model: Any, meta: Any, threads: int, providers: Sequence[str]
+) -> dict[str, Any]:
+    """Each row's GFLOP/s as a fraction of this machine's GEMM ceiling, measured now."""
+    from medzoo.machine import cpu_ceilings, gpu_ceilings, isa
+
+    flops = flops_per_image(model, meta["input_size"])
+    cpu = cpu_ceilings(threads)
+    gpu = gpu_ceilings(size=4096) if any(r["device"] == "cuda" for r in rows) else {}
+    for row in rows:
+        row["gflops"] = flops * row["throughput"] / 1e9
+        if row["device"] == "cpu":
+            key = "int8_gops_ort" if row["precision"] == "int8" else "fp32_gflops"
+        else:
+            key = {"fp16": "fp16_tflops", "fp32": "fp32_tflops"}.get(row["precision"], "")
+        ceiling = cpu.get(key) or (gpu.get(key, 0.0) * 1e3)
+        if ceiling:
+            row["ceiling"] = key
+            row["fraction_of_ceiling"] = row["gflops"] / ceiling
+    machine = isa()
+    return {
+        "flops_per_image": flops,
+        "isa": machine["summary"],
+        "isa_flags": machine["flags"],
+        "cpu_ceilings": cpu,
+        "gpu_ceilings": gpu,
+        "goals": _goals(rows, machine["int8_dot_product"]),
+    }
+
+
+def _goals(rows: list[dict[str, Any]], int8_dot_product: bool) -> list[dict[str, Any]]:
+    """The CPU goals of docs/benchmarks.md, at the largest batch benchmarked (32 by default)."""
+    cpu = [r for r in rows if r["device"] == "cpu"]
+    if not cpu:
+        return []
+    batch = max(r["batch_size"] for r in cpu)
+    by = {r["backend"]: r for r in cpu if r["batch_size"] == batch}
+    goals = []
+    if "ort-cpu" in by:
+        fraction = by["ort-cpu"].get("fraction_of_ceiling", 0.0)
+        goals.append(
+            {"goal": f"onnxruntime fp32 >= 70% of the fp32 GEMM ceiling (batch {batch})",
+             "figure": fraction, "met": fraction >= 0.7}
+        )  # fmt: skip
+    if "ort-cpu" in by and "ort-cpu-int8" in by:
+        target = 2.5 if int8_dot_product else 1.5
+        ratio = by["ort-cpu-int8"]["throughput"] / by["ort-cpu"]["throughput"]
+        goals.append(
+            {"goal": f"int8 >= {target}x onnxruntime fp32 (batch {batch}, "
+                     f"{'VNNI/AMX' if int8_dot_product else 'no VNNI/AMX'})",
+             "figure": ratio, "met": ratio >= target}
+        )  # fmt: skip
+    return goals
+
+
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
     eager = {r["batch_size"]: r["throughput"] for r in rows if r["backend"] == "torch-eager"}
     for row in rows:
         if row["batch_size"] in eager:
             row["speedup_vs_torch_eager"] = row["throughput"] / eager[row["batch_size"]]
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -456,15 +493,31 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"iterations after {report['warmup']} warm-up. Providers that ran: "
         f"{', '.join(report['providers_ran']) or 'none'}.",
         "",
-        "| backend | device | precision | batch | p50 ms | p95 ms | images/s | x torch eager |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| backend | device | precision | batch | p50 ms | p95 ms | images/s | x torch eager "
+        "| GFLOP/s | of ceiling |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         speedup = f"{r['speedup_vs_torch_eager']:.2f}" if "speedup_vs_torch_eager" in r else "-"
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['precision']} | {r['batch_size']} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput']:.1f} | {speedup} |"
+            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput']:.1f} | {speedup} | "
+            f"{r.get('gflops', float('nan')):.1f} | "
+            + (f"{r['fraction_of_ceiling']:.0%} |" if "fraction_of_ceiling" in r else "- |")
         )
+    roof = report.get("roofline")
+    if roof:
+        cpu = roof["cpu_ceilings"]
+        lines += [
+            "",
+            f"ISA: {roof['isa']}. Ceilings measured in this run with {cpu['threads']} thread(s) "
+            f"({cpu['gemm_size']}-square GEMM): fp32 {cpu['fp32_gflops']:.1f} GFLOP/s, int8 "
+            f"{cpu.get('int8_gops_ort', float('nan')):.1f} GOP/s; the model does "
+            f"{roof['flops_per_image'] / 1e9:.3f} GFLOP per image. The machine may be shared: "
+            "compare ratios within one run.",
+        ]
+        for g in roof["goals"]:
+            lines.append(f"- {g['goal']}: {g['figure']:.2f} - {'met' if g['met'] else 'not met'}")
     if report["unavailable"]:
         lines += ["", "Not available here:", ""]
         lines += [f"- {backend}: {why}" for backend, why in report["unavailable"].items()]

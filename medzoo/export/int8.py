@@ -1,15 +1,28 @@
-"""int8 quantisation of an fp32 export, and its top-1 agreement with fp32.
+"""int8 quantisation of an fp32 export, chosen by measurement and gated on the task metric.
 
-:func:`quantize_int8` is onnxruntime static quantisation (QDQ): int8 per-channel weights and
-uint8 activations for the convolutions, calibrated on train images, the stem left in fp32.
-:func:`int8_agreement` measures how often the int8 model's top-1 matches fp32 on the test split;
-:func:`~medzoo.export.onnx.export_module` keeps the int8 file only above its bar. Session and
-metadata helpers come from :mod:`medzoo.export.runtime`.
+:func:`quantize_int8` is onnxruntime static quantisation: int8 per-channel weights and uint8
+activations for the convolutions, calibrated on train images, with a chosen set of convolutions
+(the stem, the last block, layer4) left in fp32. :func:`search_int8` tries the calibration
+methods (percentile, entropy, min-max) with the fewest fp32 layers first, scores each candidate
+on the labelled test split with :func:`score_int8`, keeps the best one that passes the gate, and
+then keeps QDQ or QOperator format by measured speed.
+
+The gate (:class:`Int8Gate`) is the task metric, as production quantisation tools gate
+(Intel Neural Compressor, ONNX Runtime's guidance: <= 1 % accuracy loss), not top-1 agreement:
+near-ties of a low-margin classifier flip both ways without changing its accuracy.
+
+- classifier: balanced accuracy on the test split may drop by at most ``max_accuracy_drop``
+  (default 1 point); top-1 agreement and per-class recall changes are reported;
+- backbone (no labels of its own): mean cosine similarity of the embeddings >= ``min_cosine``
+  (default 0.99), plus, for every linear-probe entry trained on it whose test data is at hand, the
+  probe's balanced-accuracy change on int8 embeddings (gated like a classifier).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +40,32 @@ from medzoo.export.runtime import (
 )
 
 INT8_OPS = ("Conv",)
+CALIBRATION_METHODS = ("percentile", "entropy", "minmax")
+# Convolutions kept in fp32, fewest first: the stem sees raw pixels and holds 0.5 % of the
+# weights; the last convolutions feed the head directly, where a linear probe's folded
+# standardisation multiplies small feature errors (measured on the demo classifier).
+FP32_LADDER: tuple[str, ...] = ("stem", "stem+last-block", "stem+layer4")
+FORMATS = ("qdq", "qoperator")
+
+
+@dataclass(frozen=True)
+class Int8Gate:
+    """What an int8 model must keep to be written (both configurable on the command line)."""
+
+    max_accuracy_drop: float = 0.01  # balanced accuracy, as a fraction (0.01 = 1 point)
+    min_cosine: float = 0.99  # backbones: mean cosine similarity of the embeddings
+
+
+@dataclass
+class ProbeCheck:
+    """A linear-probe entry of a backbone: its head and its dataset's labelled test images."""
+
+    name: str
+    weight: np.ndarray  # [classes, features]
+    bias: np.ndarray
+    images: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray
+    label_names: Sequence[str] = field(default_factory=tuple)
 
 
 class _Calibration:
@@ -51,11 +90,24 @@ class _Calibration:
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def _stem_conv(path: Path) -> list[str]:
+def fp32_convs(path: Path, keep: str) -> list[str]:
+    """Names of the convolutions that ``keep`` (one of :data:`FP32_LADDER`) leaves in fp32."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [next(node.name for node in graph.node if node.op_type == "Conv")]
+    convs = [node.name for node in graph.node if node.op_type == "Conv"]
+    if keep not in FP32_LADDER:
+        raise ValueError(f"keep must be one of {FP32_LADDER}, not {keep!r}")
+    tail = {"stem": 0, "stem+last-block": 2, "stem+layer4": 5}[keep]
+    return convs[:1] + (convs[-tail:] if tail else [])
+
+
+def prepare(src: Path, dst: Path) -> None:
+    """Fuse and infer shapes first, as onnxruntime recommends before ``quantize_static``."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with quiet():
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
 def quantize_int8(
@@ -64,8 +116,17 @@ def quantize_int8(
     calibration: np.ndarray,
     meta: Mapping[str, Any],
     include_preprocessing: bool,
+    *,
+    method: str = "percentile",
+    keep_fp32: str = "stem",
+    quant_format: str = "qdq",
+    prepared: Path | None = None,
 ) -> None:
-    """Static QDQ quantisation: int8 per-channel weights, uint8 activations (percentile calibration)."""
+    """Static quantisation of ``src`` (fp32) into ``dst``: int8 per-channel weights, uint8
+    activations, calibrated on ``calibration`` (uint8 train images) with ``method``.
+
+    ``prepared`` is ``src`` after :func:`prepare` (made here when not given).
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -73,84 +134,247 @@ def quantize_int8(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    methods = {
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+    }
     reader = type("Reader", (_Calibration, CalibrationDataReader), {})(
         calibration, meta, include_preprocessing
     )
-    prepared = dst.with_name(dst.stem + ".prep.onnx")
-    with quiet():
-        # fuses and infers shapes first, as onnxruntime recommends before quantize_static
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(dst),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            # 99.999th-percentile ranges instead of min/max: one outlier activation no longer
-            # stretches the scale (top-1 agreement 96.7 % -> 98.9 % on a 224-px crc probe)
-            calibrate_method=CalibrationMethod.Percentile,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            # convolutions carry ~all the compute; the fc head stays fp32, which keeps a
-            # classifier's top-1 (small logit gaps) and costs nothing
-            op_types_to_quantize=list(INT8_OPS),
-            # the stem sees raw pixels and holds 0.5 % of the weights: fp32 there is the usual
-            # trade, worth a point of top-1 agreement on weak (random-init) features
-            nodes_to_exclude=_stem_conv(prepared),
-        )
-    prepared.unlink(missing_ok=True)
+    own = prepared is None
+    prepared = prepared or dst.with_name(dst.stem + ".prep.onnx")
+    if own:
+        prepare(src, prepared)
+    try:
+        with quiet():
+            quantize_static(
+                str(prepared),
+                str(dst),
+                reader,
+                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                # percentile: 99.999th-percentile ranges, one outlier no longer stretches a scale
+                calibrate_method=methods[method],
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                # convolutions carry ~all the compute; the fc head stays fp32 (small logit gaps)
+                op_types_to_quantize=list(INT8_OPS),
+                nodes_to_exclude=fp32_convs(prepared, keep_fp32),
+            )
+    finally:
+        if own:
+            prepared.unlink(missing_ok=True)
     import onnx
 
     model = onnx.load(str(dst))
     props = {META_PREFIX + k: v for k, v in read_metadata(src).items()}
     props[META_PREFIX + "precision"] = "int8"
+    props[META_PREFIX + "int8_recipe"] = (
+        f"static {quant_format}, per-channel int8 weights, uint8 activations, {method} "
+        f"calibration on {len(calibration)} train images, fp32: {keep_fp32} and the head"
+    )
     set_props(model, props)
     onnx.save(model, str(dst))
 
 
-def int8_agreement(
+# --------------------------------------------------------------------------- scoring
+
+
+def balanced_accuracy(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``labels``."""
+    return float(np.mean([np.mean(predicted[labels == c] == c) for c in np.unique(labels)]))
+
+
+def accuracy_change(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    labels: np.ndarray,
+    label_names: Sequence[str] = (),
+    precision: str = "int8",
+) -> dict[str, Any]:
+    """Balanced accuracy of both logits, its change, top-1 agreement, per-class recall changes."""
+    ref, cand = reference.argmax(1), candidate.argmax(1)
+    per_class = {}
+    for c in np.unique(labels):
+        rows = labels == c
+        name = label_names[c] if c < len(label_names) else str(int(c))
+        r, q = float(np.mean(ref[rows] == c)), float(np.mean(cand[rows] == c))
+        per_class[name] = {"images": int(rows.sum()), "fp32": r, precision: q, "change": q - r}
+    # rounded so that equal accuracies compare equal (the mean of recalls is not exact)
+    fp32 = round(balanced_accuracy(ref, labels), 9)
+    other = round(balanced_accuracy(cand, labels), 9)
+    return {
+        "images": int(len(labels)),
+        "balanced_accuracy_fp32": fp32,
+        f"balanced_accuracy_{precision}": other,
+        "balanced_accuracy_change": round(other - fp32, 9),
+        "top1_agreement": float(np.mean(ref == cand)),
+        "per_class": per_class,
+    }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def score_int8(
     fp32_path: Path,
     int8_path: Path,
     meta: Mapping[str, Any],
     test_images: np.ndarray,
+    test_labels: np.ndarray | None,
     include_preprocessing: bool,
-    train_images: np.ndarray | None = None,
-    train_labels: np.ndarray | None = None,
+    gate: Int8Gate = Int8Gate(),
+    probes: Sequence[ProbeCheck] = (),
+    precision: str = "int8",
 ) -> dict[str, Any]:
-    """Top-1 agreement of int8 with fp32 on the test images.
+    """Run both files on the labelled test images; the figures and whether the gate passed.
 
-    A classifier's top-1 is its argmax. A backbone has no classes of its own, so its "top-1" is
-    the nearest class centroid of the fp32 train embeddings (a linear-probe stand-in); the mean
-    cosine similarity of the embeddings is reported too.
+    ``precision`` names the candidate in the report (the fp16 export is gated the same way).
+
+    ``score`` orders candidates: the balanced-accuracy change for a classifier, the mean cosine
+    (or the worst probe change when probes exist) for a backbone.
     """
-    fp32 = run_session(
-        cpu_session(fp32_path), model_input(test_images, meta, include_preprocessing)
-    )
-    int8 = run_session(
-        cpu_session(int8_path), model_input(test_images, meta, include_preprocessing)
-    )
-    cosine = np.sum(fp32 * int8, 1) / (
-        np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1) + 1e-12
-    )
-    if meta["num_classes"]:
-        top_ref, top_q = fp32.argmax(1), int8.argmax(1)
-        how = "argmax of logits"
-    else:
-        assert train_images is not None and train_labels is not None
-        train = run_session(
-            cpu_session(fp32_path), model_input(train_images, meta, include_preprocessing)
-        )
-        classes = np.unique(train_labels)
-        centroids = np.stack([train[train_labels == c].mean(0) for c in classes])
-        top_ref = classes[np.argmin(((fp32[:, None] - centroids[None]) ** 2).sum(-1), 1)]
-        top_q = classes[np.argmin(((int8[:, None] - centroids[None]) ** 2).sum(-1), 1)]
-        how = "nearest fp32 class centroid of the embeddings"
-    return {
+    fp32_session, int8_session = cpu_session(fp32_path), cpu_session(int8_path)
+
+    def both(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = model_input(images, meta, include_preprocessing)
+        return run_session(fp32_session, x), run_session(int8_session, x)
+
+    fp32, int8 = both(test_images)
+    cosine = _cosine(fp32, int8)
+    out: dict[str, Any] = {
         "images": int(len(test_images)),
-        "top1_agreement": float(np.mean(top_ref == top_q)),
-        "top1": how,
         "mean_cosine": float(np.mean(cosine)),
+        "min_cosine": float(np.min(cosine)),
         "max_abs": float(np.max(np.abs(fp32 - int8))),
+        "gate": {"max_accuracy_drop": gate.max_accuracy_drop},
     }
+    if meta["num_classes"]:
+        if test_labels is None:
+            raise ValueError("a classifier's int8 gate needs the test labels")
+        names = meta.get("label_names") or ()
+        out.update(accuracy_change(fp32, int8, test_labels, names, precision))
+        drop = -out["balanced_accuracy_change"]
+        out["passed"] = bool(drop <= gate.max_accuracy_drop + 1e-9)
+        out["score"] = out["balanced_accuracy_change"]
+        out["reason"] = (
+            f"balanced accuracy {out['balanced_accuracy_fp32']:.1%} -> "
+            f"{out[f'balanced_accuracy_{precision}']:.1%} ({100 * -drop:+.1f} points, top-1 agreement "
+            f"{out['top1_agreement']:.1%})"
+        )
+        return out
+    out["gate"]["min_cosine"] = gate.min_cosine
+    passed = out["mean_cosine"] >= gate.min_cosine
+    reasons = [f"mean cosine {out['mean_cosine']:.4f}"]
+    out["probes"] = {}
+    score = out["mean_cosine"] - 1.0
+    for probe in probes:
+        ref, cand = both(probe.images)
+        logits = [e @ probe.weight.T + probe.bias for e in (ref, cand)]
+        change = accuracy_change(*logits, probe.labels, probe.label_names, precision)
+        out["probes"][probe.name] = change
+        passed &= -change["balanced_accuracy_change"] <= gate.max_accuracy_drop + 1e-9
+        score = min(score, change["balanced_accuracy_change"])
+        reasons.append(f"probe {probe.name} {100 * change['balanced_accuracy_change']:+.1f} points")
+    out["passed"] = bool(passed)
+    out["score"] = float(score)
+    out["reason"] = ", ".join(reasons)
+    return out
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _latency(path: Path, meta: Mapping[str, Any], images: np.ndarray, include: bool) -> float:
+    """Best of 5 runs of one batch (seconds): enough to rank two formats of one model."""
+    session = cpu_session(path)
+    x = model_input(images, meta, include)
+    session.run(None, {INPUT_NAME: x})
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _rank(result: Mapping[str, Any]) -> tuple[bool, float, float]:
+    """Passing first, then the gate's score, then the closeness of the outputs (ties)."""
+    return (bool(result["passed"]), float(result["score"]), float(result["mean_cosine"]))
+
+
+def search_int8(
+    src: Path,
+    dst: Path,
+    meta: Mapping[str, Any],
+    *,
+    calibration: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray | None,
+    include_preprocessing: bool,
+    gate: Int8Gate = Int8Gate(),
+    probes: Sequence[ProbeCheck] = (),
+    methods: Sequence[str] | None = None,
+    ladder: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Find an int8 model of ``src`` that passes ``gate`` and write it to ``dst``.
+
+    For each fp32 set of :data:`FP32_LADDER` (fewest fp32 layers first) every calibration method
+    is measured; the best-scoring candidate that passes is kept, else the next rung is tried.
+    The winner is then also built in QOperator format and the faster of the two (both gated) is
+    kept. Returns the chosen candidate's figures with ``passed`` and every ``trial``; when no
+    candidate passes, ``passed`` is false, ``dst`` is absent and the best failure is reported.
+    """
+    methods = methods or CALIBRATION_METHODS
+    ladder = ladder or FP32_LADDER
+    prepared = dst.with_name(dst.stem + ".prep.onnx")
+    candidate = dst.with_name(dst.stem + ".candidate.onnx")
+    prepare(src, prepared)
+    trials: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+
+    def build(method: str, keep: str, quant_format: str, target: Path) -> dict[str, Any]:
+        quantize_int8(
+            src, target, calibration, meta, include_preprocessing,
+            method=method, keep_fp32=keep, quant_format=quant_format, prepared=prepared,
+        )  # fmt: skip
+        result = score_int8(
+            src, target, meta, test_images, test_labels, include_preprocessing, gate, probes
+        )
+        result.update(method=method, keep_fp32=keep, format=quant_format)
+        trials.append({k: result[k] for k in ("method", "keep_fp32", "format", "score", "passed")})
+        return result
+
+    try:
+        for keep in ladder:
+            for method in methods:
+                result = build(method, keep, "qdq", candidate)
+                if best is None or _rank(result) > _rank(best):
+                    best = result
+                    candidate.replace(dst)
+            if best is not None and best["passed"]:
+                break
+        assert best is not None, "no calibration method or fp32 set to try"
+        if best["passed"] and "qoperator" in FORMATS:
+            sample = test_images[: min(8, len(test_images))]
+            other = build(best["method"], best["keep_fp32"], "qoperator", candidate)
+            speeds = {
+                "qdq": _latency(dst, meta, sample, include_preprocessing),
+                "qoperator": _latency(candidate, meta, sample, include_preprocessing),
+            }
+            best["format_seconds_per_batch_of_8"] = speeds
+            if other["passed"] and speeds["qoperator"] < speeds["qdq"]:
+                other["format_seconds_per_batch_of_8"] = speeds
+                best = other
+                candidate.replace(dst)
+        if not best["passed"]:
+            dst.unlink(missing_ok=True)
+        best["trials"] = trials
+        best["calibration_images"] = int(len(calibration))
+        return best
+    finally:
+        prepared.unlink(missing_ok=True)
+        candidate.unlink(missing_ok=True)
