@@ -171,6 +171,7 @@ class PretrainConfig:
         validate_pretrain(self)
 
 
+# long: one check per recipe value, in the recipe's order
 def validate_pretrain(cfg: PretrainConfig) -> None:
     def choice(value: str, allowed: tuple[str, ...], key: str) -> None:
         if value not in allowed:

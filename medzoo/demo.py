@@ -45,6 +45,7 @@ class _Steps:
         return result
 
 
+# long: the demo's script, one library call per step, read top to bottom
 def run_demo(
     out: str | Path = "runs/demo",
     *,

@@ -147,6 +147,7 @@ def param_groups(
     ]
 
 
+# long: one optimisation loop with its validation schedule and best-state restore over shared locals
 def finetune(
     model: nn.Module,
     train_images: torch.Tensor,

@@ -212,6 +212,7 @@ def resolve_preset(
     return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, preset=preset))
 
 
+# long: every check before any training starts, then train and register
 def pretrain(
     cfg: PretrainConfig,
     *,
@@ -675,6 +676,7 @@ def _register(
 # --------------------------------------------------------------------------- benchmark
 
 
+# long: sets up the real loop and its optional breakdown on the same recipe and images
 def benchmark(
     cfg: PretrainConfig,
     steps: int,

@@ -321,6 +321,7 @@ def fit_probe(
     return best
 
 
+# long: one batched L-BFGS problem: the closure and its bookkeeping share the tensors
 def fit_probes(
     train_x: torch.Tensor,
     train_y: torch.Tensor,

@@ -187,6 +187,7 @@ def _cell(stat: tuple[float, float, int] | None, scale: float = 100.0, digits: i
     return f"{mean * scale:.{digits}f} ± {spread}"
 
 
+# long: the summary's sections in reading order
 def summary_markdown(
     rows: Sequence[dict[str, Any]],
     *,

@@ -116,6 +116,47 @@ def test_medzoo_has_no_import_cycles_and_no_cross_module_private_imports() -> No
     assert find_problems(PACKAGE_DIR) == []
 
 
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions_without_reason(root: Path) -> list[str]:
+    """Functions over ``MAX_FUNCTION_LINES`` lines with no ``# long: why`` comment right above."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for node in ast.walk(ast.parse(text)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            length = node.end_lineno - node.lineno + 1
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            above = lines[first - 2].strip() if first >= 2 else ""
+            if length > MAX_FUNCTION_LINES and not above.startswith("# long:"):
+                out.append(
+                    f"{path.relative_to(root.parent)}:{node.lineno} {node.name} ({length} lines)"
+                )
+    return out
+
+
+def test_long_functions_say_why() -> None:
+    assert long_functions_without_reason(PACKAGE_DIR) == []
+
+
+def test_the_length_check_fails_on_a_long_function_without_a_reason(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    root = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": f"def short():\n    return 1\n\n\ndef long():\n{body}",
+            "pkg/b.py": f"# long: a table of constants\ndef fine():\n{body}",
+        },
+    )
+    assert long_functions_without_reason(root) == [
+        f"pkg/a.py:5 long ({MAX_FUNCTION_LINES + 1} lines)"
+    ]
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         path = root / rel

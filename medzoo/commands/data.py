@@ -9,6 +9,7 @@ from medzoo.commands.common import add_data_root, add_json, data_root_of
 from medzoo.errors import MedzooError
 
 
+# long: argparse declarations only
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",

@@ -10,6 +10,7 @@ from typing import Any
 from medzoo.commands.common import add_data_root, add_json, add_quiet
 
 
+# long: argparse declarations only
 def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export",

@@ -413,6 +413,7 @@ def _check_overwrite(target: Path) -> None:
         )
 
 
+# long: all checks before the first byte, then one write-all-then-rename transaction
 def write_synthetic(
     out: str | os.PathLike[str],
     datasets: Sequence[str] | None = None,

@@ -245,6 +245,7 @@ def run_one(runner: InitRunner, run: PlannedRun) -> tuple[dict[str, Any], np.nda
 # --------------------------------------------------------------------------- the grid
 
 
+# long: runs the plan: the loop that ties selection, scoring and reporting together
 def evaluate(
     cfg: EvalConfig, *, data_root: str | Path | None = None, out: str | Path | None = None
 ) -> Path:

@@ -298,6 +298,7 @@ def _ensure_export(name: str, export_dir: Path, entry: Any) -> None:
         )
 
 
+# long: validation, export, every backend and the report as one sequence over shared state
 def run_bench(
     name: str,
     *,

@@ -110,6 +110,7 @@ def prepare(src: Path, dst: Path) -> None:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
+# long: onnxruntime's quantisation call with every option documented beside it
 def quantize_int8(
     src: Path,
     dst: Path,
@@ -219,6 +220,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
+# long: the gate: metrics, per-class changes and the verdict in one record
 def score_int8(
     fp32_path: Path,
     int8_path: Path,
@@ -306,6 +308,7 @@ def _rank(result: Mapping[str, Any]) -> tuple[bool, float, float]:
     return (bool(result["passed"]), float(result["score"]), float(result["mean_cosine"]))
 
 
+# long: the candidate search: one loop over calibration methods and fp32 layer sets
 def search_int8(
     src: Path,
     dst: Path,

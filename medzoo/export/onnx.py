@@ -292,6 +292,7 @@ class ExportData:
     probes: list[ProbeCheck] = field(default_factory=list)  # a backbone's linear-probe entries
 
 
+# long: the export is one transaction: each check runs in order inside the temp-folder try/finally
 def export_module(
     model: Any,
     meta: Mapping[str, Any],
@@ -534,6 +535,7 @@ def load_images(
     return np.concatenate(images), np.concatenate(labels)
 
 
+# long: argument checks and data loading before the export transaction, read top to bottom
 def export_model(
     name: str,
     out: str | os.PathLike[str] | None = None,

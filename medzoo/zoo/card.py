@@ -253,6 +253,7 @@ def _details(
     return lines
 
 
+# long: a text template of the model card
 def _usage(entry: ZooEntry, repo_id: str) -> list[str]:
     mode = "L" if entry.in_chans == 1 else "RGB"
     load = f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()'

@@ -182,6 +182,7 @@ def _refresh_folder(entry: ZooEntry) -> None:
     )
 
 
+# long: registration is one transaction whose order of steps is the guarantee (see the docstring)
 def save_entry(
     entry: ZooEntry,
     state_dict: Mapping[str, Any],

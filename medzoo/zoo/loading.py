@@ -178,6 +178,7 @@ def _random_init(entry: ZooEntry, num_classes: int | None, in_chans: int | None,
     return model
 
 
+# long: timm construction plus the state-dict adaptations (head, conv1), each a short branch
 def build_model(
     entry: ZooEntry,
     num_classes: int | None,
