@@ -137,11 +137,15 @@ def program_logging(quiet: bool = False) -> Iterator[None]:
     logger = logging.getLogger("medzoo")
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    level = logger.level
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # our handler shows medzoo's lines; a root handler that a library installs mid-run
+    # (onnxruntime.quantization calls logging.basicConfig) must not print them a second time
+    logger.propagate = False
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
