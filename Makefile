@@ -70,4 +70,5 @@ bench: install  ## benchmark NAME=... in torch and onnxruntime
 	$(MEDZOO) bench $(NAME) $(ARGS)
 
 clean:  ## remove caches and generated outputs (not .venv, not data)
-	rm -rf .pytest_cache .ruff_cache exports runs
+	rm -rf .pytest_cache .ruff_cache runs
+	find exports -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +
