@@ -150,8 +150,8 @@ class TrainLog:
         self.postfix.update(values)
         if self.bar is not None:
             self.bar.set_postfix(self.postfix)
-        elif self.plain:
-            shown = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        elif self.plain:  # a log file: each update once, with only what it measured
+            shown = " ".join(f"{k}={v}" for k, v in values.items())
             logging.getLogger("medzoo").info(
                 "%s: step %d/%d %s", self.desc, self.step, self.total_steps, shown
             )
