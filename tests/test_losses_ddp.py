@@ -8,11 +8,10 @@ on a rank are world_size times the single-process ones (see barlow_twins_loss's 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+from ddp_support import save_result, spawn, teardown
 
 from medzoo.losses import barlow_twins_loss
 
@@ -60,19 +59,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             start = sum(sizes[:rank])
             rows = slice(start, start + sizes[rank])
             results[name] = _step(ddp, x1[rows], x2[rows])
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        save_result(results, out_dir, rank)
     finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        teardown()
 
 
 def test_ddp_loss_and_gradients_equal_single_process(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn(_worker, tmp_path, WORLD_SIZE)
     model, x1, x2 = _fixed_problem()
     single = _step(model, x1, x2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]

@@ -9,11 +9,10 @@ one-pass variance E[x^2] - mean^2 loses most of its float32 digits; the two-pass
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
+from ddp_support import save_result, spawn, teardown
 from torch import nn
 
 WORLD_SIZE = 2
@@ -53,19 +52,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         model = sync_batchnorm(model, torch.device("cpu"))
         assert isinstance(model[1], GlobalBatchNorm2d)
         rows = slice(sum(ROWS[:rank]), sum(ROWS[: rank + 1]))
-        torch.save(_step(model, x[rows], target[rows]), Path(out_dir) / f"rank{rank}.pt")
+        save_result(_step(model, x[rows], target[rows]), out_dir, rank)
     finally:
-        torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        teardown()
 
 
 def test_global_batchnorm2d_equals_one_process_on_the_whole_batch(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    spawn(_worker, tmp_path, WORLD_SIZE)
     model, x, target = _problem()
     single = _step(model.double(), x.double(), target.double())  # float64 reference
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
