@@ -222,6 +222,14 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def _lbfgs(params: list[torch.Tensor], max_iter: int) -> torch.optim.LBFGS:
+    """The probe's full-batch L-BFGS (strong-Wolfe line search), shared by every fit."""
+    return torch.optim.LBFGS(
+        params, lr=1.0, max_iter=max_iter, history_size=20,
+        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+
 def train_linear_grid(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -245,10 +253,7 @@ def train_linear_grid(
     bias = torch.zeros(grid, num_classes, device=x.device, requires_grad=True)
     decay = torch.tensor([float(w) for w in weight_decays], device=x.device).view(grid, 1, 1)
     targets = y.repeat(grid)
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+    optimizer = _lbfgs([weight, bias], max_iter)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
@@ -370,10 +375,7 @@ def fit_probes(
     per_head_rows = row_weight.repeat_interleave(grid, 0)  # [heads, n]
     used = per_head_rows.sum(0) > 0  # rows no problem uses cost nothing
     x_used, y_used, w_used = tx[used], ty[used], per_head_rows[:, used]
-    optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+    optimizer = _lbfgs([weight, bias], max_iter)
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()

@@ -1,5 +1,5 @@
 """The one rule for unifying channels across datasets: gray -> RGB by replication, RGB -> gray
-by ITU-R 601-2 luma (PIL's ``convert("L")``), as :mod:`medzoo.data.mimeta` does on read.
+by ITU-R 601-2 luma (PIL's ``convert("L")``); :mod:`medzoo.data.mimeta` applies it on read.
 
 A 3-channel model fed a grayscale CT slice sees the slice in all three channels (timm's ImageNet
 conv1 sums to the same response as a 1-channel conv1 adapted by timm); a 1-channel model fed a

@@ -373,16 +373,16 @@ def plan_read(
 
 
 def _convert_channels(block: np.ndarray, plan: ReadPlan) -> np.ndarray:
-    """``[b, H, W(, c)]`` as stored -> ``[b, H, W, C]`` with the channels info.yaml declares."""
+    """``[b, H, W(, c)]`` as stored -> ``[b, H, W, C]`` with the channels info.yaml declares,
+    by the one channel rule (:func:`medzoo.data.channels.convert_channels`)."""
+    from medzoo.data.channels import convert_channels
+
     if block.ndim == 3:
         block = block[..., None]
     if block.shape[-1] == plan.channels:
         return block
-    if plan.channels == 3:  # grayscale stored, RGB declared: repeat, as PIL's convert("RGB")
-        return np.repeat(block, 3, axis=-1)
-    # RGB stored, grayscale declared: ITU-R 601-2 luma, rounded, as PIL's convert("L")
-    luma = block.astype(np.int32) @ np.array([299, 587, 114], dtype=np.int32)
-    return ((luma + 500) // 1000).astype(np.uint8)[..., None]
+    nchw = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2)
+    return convert_channels(nchw, plan.channels).permute(0, 2, 3, 1).numpy()
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 from medzoo.evaluation.recipe import EvalConfig
 from medzoo.probe import cached_features, data_fingerprint, extract_features
+from medzoo.zoo.entry import adapt_stats
 
 
 @dataclass
@@ -23,10 +24,6 @@ class InitContext:
     std: tuple[float, ...]
     weights_id: str
     seed: int | None = None  # the draw of a random-init backbone (None: fixed weights)
-
-
-def _stats(values: tuple[float, ...], chans: int) -> tuple[float, ...]:
-    return tuple(values) if len(values) == chans else (sum(values) / len(values),) * chans
 
 
 def is_random(name: str) -> bool:
@@ -50,7 +47,7 @@ def init_context(name: str, in_chans: int, seed: int | None = None) -> InitConte
         else f"{entry.method}:seed{seed or 0}:zero_init_last=False:{entry.arch}"
     )
     return InitContext(
-        name, entry, in_chans, _stats(entry.mean, in_chans), _stats(entry.std, in_chans),
+        name, entry, in_chans, adapt_stats(entry.mean, in_chans), adapt_stats(entry.std, in_chans),
         weights_id, seed,
     )  # fmt: skip
 

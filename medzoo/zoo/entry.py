@@ -169,7 +169,7 @@ _BARLOW_TWINS_PAPER = (
 SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source", "tag")
 
 
-def _adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+def adapt_stats(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
     """Mean/std for ``in_chans`` channels: as given, else their average repeated (as timm does)."""
     if len(values) == in_chans:
         return values
@@ -212,8 +212,8 @@ def pretrained_cfg(
         "crop_pct": entry.crop_pct,
         "test_crop_pct": None,
         "crop_mode": "center",
-        "mean": _adapt_stats(entry.mean, chans),
-        "std": _adapt_stats(entry.std, chans),
+        "mean": adapt_stats(entry.mean, chans),
+        "std": adapt_stats(entry.std, chans),
         # head
         "num_classes": classes,
         "label_offset": None,
