@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from medzoo.errors import MedzooError
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("name", ["pretrain-crc", "pretrain-liver", "pretrain-crc-lars", "demo"])
+@pytest.mark.parametrize(
+    "name", ["pretrain-crc", "pretrain-liver", "pretrain-crc-lars", "pretrain-liver-lars", "demo"]
+)
 def test_shipped_pretrain_recipes_load(name: str) -> None:
     cfg = load_pretrain_config(RECIPES / f"{name}.toml")
     assert cfg.model.in_chans == cfg.data.channels
@@ -41,6 +44,10 @@ def test_paper_settings_in_pretrain_recipes() -> None:
     assert (liver.data.domain, liver.model.in_chans, liver.augment.preset) == ("liver", 1, "ct")
     lars = load_pretrain_config(RECIPES / "pretrain-crc-lars.toml")
     assert (lars.optim.name, lars.optim.bias_lr, lars.optim.warmup_epochs) == ("lars", 0.0048, 10.0)
+    # the liver LARS recipe differs from pretrain-liver in the optimiser (and the name) only
+    liver_lars = load_pretrain_config(RECIPES / "pretrain-liver-lars.toml")
+    assert liver_lars.optim == lars.optim
+    assert dataclasses.replace(liver_lars, name=liver.name, optim=liver.optim) == liver
 
 
 def test_unknown_key_names_the_closest_valid_one() -> None:
