@@ -194,13 +194,19 @@ def _few_threads_for_small(x: torch.Tensor) -> Iterator[None]:
 
 @dataclass
 class ProbeHead:
-    """A linear classifier on standardised features; ``linear`` sees ``(x - mean) / std``."""
+    """A linear classifier on standardised features; ``linear`` sees ``(x - mean) / std``.
+
+    ``iterations`` is how many L-BFGS iterations the chosen head ran and ``converged`` whether
+    it stopped on a tolerance rather than on ``max_iter``.
+    """
 
     linear: nn.Linear
     mean: torch.Tensor
     std: torch.Tensor
     weight_decay: float
     val_accuracy: float
+    iterations: int = 0
+    converged: bool = True
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -222,12 +228,222 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def _lbfgs(params: list[torch.Tensor], max_iter: int) -> torch.optim.LBFGS:
-    """The probe's full-batch L-BFGS (strong-Wolfe line search), shared by every fit."""
-    return torch.optim.LBFGS(
-        params, lr=1.0, max_iter=max_iter, history_size=20,
-        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
-    )  # fmt: skip
+# --------------------------------------------------------------------------- batched L-BFGS
+
+# (theta [H, P], need [H] bool) -> (loss [H], grad [H, P]); rows not needed may hold anything
+Objective = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LbfgsResult:
+    """What :func:`batched_lbfgs` found: ``theta [H, P]``, and per head the loss ``[H]``, the
+    iterations run ``[H]`` and whether it stopped on a tolerance (``converged [H]``)."""
+
+    theta: torch.Tensor
+    loss: torch.Tensor
+    iterations: torch.Tensor
+    converged: torch.Tensor
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a * b).sum(1)
+
+
+# long: one optimiser: the two-loop recursion, the line search and the stopping test share state
+def batched_lbfgs(
+    objective: Objective,
+    theta0: torch.Tensor,
+    *,
+    max_iter: int = 100,
+    history_size: int = 20,
+    tolerance_grad: float = 1e-6,
+    tolerance_change: float = 1e-9,
+    max_backtracks: int = 40,
+) -> LbfgsResult:
+    """Minimise ``H`` independent smooth functions at once with L-BFGS, one optimiser per head.
+
+    ``objective(theta, need)`` returns the loss ``[H]`` and gradient ``[H, P]`` of at least the
+    heads where ``need`` is True; head ``h``'s loss must depend on ``theta[h]`` only. Each head
+    keeps its own curvature history and scaling, its own Armijo backtracking step (from 1,
+    halving) and its own stopping test (max gradient entry <= ``tolerance_grad``, or a loss or
+    step change < ``tolerance_change``, or ``max_iter`` iterations: torch's ``LBFGS`` tests).
+    Every operation acts on each row alone, so a head's iterates are the ones it would have if
+    it were solved by itself: batching changes the speed, not the answer. (One L-BFGS on the
+    *summed* loss, which ``torch.optim.LBFGS`` would run, mixes the heads' curvature and shares
+    one iteration budget; its small problems then stop elsewhere than they would alone.)
+    Finished heads leave the working set, so the optimiser's arithmetic follows the heads
+    still running, and ``need`` tells the objective which heads it may skip.
+
+    A head whose step fails every backtrack is at its numerical optimum and stops; a pair with
+    no positive curvature is not stored for that head; a direction that is not a descent
+    direction restarts that head from its gradient.
+    """
+    theta = theta0.detach().clone()
+    heads, device = theta.shape[0], theta.device
+    every = torch.ones(heads, dtype=torch.bool, device=device)
+    loss, grad = objective(theta, every)
+    iterations = torch.zeros(heads, dtype=torch.long, device=device)
+    running = torch.ones(heads, dtype=torch.bool, device=device)  # not stopped on a tolerance
+    # the working set: rows of the heads still running, and their state
+    keep = grad.abs().amax(1) > tolerance_grad
+    running &= keep
+    rows = keep.nonzero().squeeze(1)
+    th, f, g = theta[rows], loss[rows], grad[rows]
+    pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, rho) per row
+    gamma = torch.ones(len(rows), device=device)
+    has_pair = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    for _ in range(max_iter):
+        if len(rows) == 0:
+            break
+        # the two-loop recursion, per row; a pair with rho 0 leaves that row's direction alone
+        first_step = (1.0 / g.abs().sum(1).clamp_min(1e-12)).clamp(max=1.0)  # torch's first step
+        q = -g
+        alphas = []
+        for s, y, rho in reversed(pairs):
+            alpha = rho * _rowdot(s, q)
+            q = q - alpha[:, None] * y
+            alphas.append(alpha)
+        direction = q * torch.where(has_pair, gamma, first_step)[:, None]
+        for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
+            beta = rho * _rowdot(y, direction)
+            direction = direction + s * (alpha - beta)[:, None]
+        slope = _rowdot(g, direction)
+        restart = ~(slope < 0)
+        if bool(restart.any()):  # not a descent direction: forget that head's history
+            direction = torch.where(restart[:, None], -g * first_step[:, None], direction)
+            slope = _rowdot(g, direction)
+            pairs = [(s, y, rho * ~restart) for s, y, rho in pairs]
+            has_pair &= ~restart
+        # Armijo backtracking, per row
+        step = torch.ones(len(rows), device=device)
+        pending = torch.ones(len(rows), dtype=torch.bool, device=device)
+        new_th, new_f, new_g = th, f, g
+        for _ in range(max_backtracks):
+            trial = th + step[:, None] * direction
+            full = theta.index_copy(0, rows, trial)
+            need = torch.zeros(heads, dtype=torch.bool, device=device).index_fill_(
+                0, rows[pending], True
+            )
+            trial_f, trial_g = objective(full, need)
+            trial_f, trial_g = trial_f[rows], trial_g[rows]
+            ok = pending & torch.isfinite(trial_f) & (trial_f <= f + 1e-4 * step * slope)
+            new_th = torch.where(ok[:, None], trial, new_th)
+            new_f = torch.where(ok, trial_f, new_f)
+            new_g = torch.where(ok[:, None], trial_g, new_g)
+            pending &= ~ok
+            if not bool(pending.any()):
+                break
+            step = torch.where(pending, step * 0.5, step)
+        stalled = pending  # no decrease along the direction: the head is done
+        s, y = new_th - th, new_g - g
+        sy = _rowdot(s, y)
+        valid = ~stalled & (sy > 1e-10)
+        rho = torch.where(valid, 1.0 / torch.where(valid, sy, torch.ones_like(sy)), 0.0)
+        pairs = [*pairs, (s, y, rho)][-history_size:]
+        gamma = torch.where(valid, sy / _rowdot(y, y).clamp_min(1e-30), gamma)
+        has_pair |= valid
+        change = (new_f - f).abs()
+        moved_by = (step[:, None] * direction).abs().amax(1)
+        th, f, g = new_th, new_f, new_g
+        theta.index_copy_(0, rows, th)
+        loss.index_copy_(0, rows, f)
+        iterations.index_add_(0, rows, torch.ones_like(rows))
+        done = (
+            stalled
+            | (g.abs().amax(1) <= tolerance_grad)
+            | (change < tolerance_change)
+            | (moved_by <= tolerance_change)
+        )
+        if bool(done.any()):  # finished heads leave the working set
+            running.index_fill_(0, rows[done], False)
+            left = ~done
+            rows, th, f, g = rows[left], th[left], f[left], g[left]
+            gamma, has_pair = gamma[left], has_pair[left]
+            pairs = [(s[left], y[left], rho[left]) for s, y, rho in pairs]
+    return LbfgsResult(theta, loss, iterations, ~running)
+
+
+# --------------------------------------------------------------------------- the linear heads
+
+
+class _SoftmaxProblems:
+    """The objective of every (problem, weight decay) head: multinomial logistic regression.
+
+    Head ``p * G + g`` fits problem ``p``'s rows with weight decay ``decays[g]``: the mean
+    cross-entropy of the raw logits over those rows (``log_softmax`` inside, no softmax before
+    the loss) plus ``wd / 2 * |W|^2`` (not on the bias). ``theta [P * G, K * (D + 1)]`` holds
+    each head's ``[K, D]`` weight and ``[K]`` bias side by side. The gradient is the closed
+    form ``(softmax - onehot)^T x / n + wd * W``. Each problem's heads are evaluated together
+    on its own rows only, so a head's arithmetic does not depend on the other problems.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, rows: Sequence[torch.Tensor],
+        decays: Sequence[float], num_classes: int,
+    ) -> None:  # fmt: skip
+        self.xs = [x.index_select(0, r) for r in rows]
+        self.ys = [y.index_select(0, r) for r in rows]
+        self.grid = len(decays)
+        self.decay = torch.tensor([float(w) for w in decays], device=x.device).view(-1, 1, 1)
+        self.classes, self.dim = num_classes, x.shape[1]
+
+    def shape(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta.view(-1, self.classes, self.dim + 1)
+
+    def __call__(
+        self, theta: torch.Tensor, need: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        params = self.shape(theta)
+        losses = torch.zeros(theta.shape[0], device=theta.device)
+        grads = torch.zeros_like(params)
+        # a problem's heads are evaluated together whenever one of them is needed, so that a
+        # head's arithmetic never depends on which other heads are still running
+        wanted = need.view(-1, self.grid).any(1).tolist()
+        for p, (xp, yp) in enumerate(zip(self.xs, self.ys, strict=True)):
+            if not wanted[p]:
+                continue
+            heads = slice(p * self.grid, (p + 1) * self.grid)
+            weight, bias = params[heads, :, : self.dim], params[heads, :, self.dim]
+            n = max(len(yp), 1)
+            logits = torch.einsum("nd,gkd->gnk", xp, weight) + bias[:, None, :]
+            logp = torch.log_softmax(logits, dim=2)
+            target = yp.view(1, -1, 1).expand(self.grid, -1, 1)
+            penalty = 0.5 * (self.decay * weight.pow(2)).sum((1, 2))
+            losses[heads] = -logp.gather(2, target)[..., 0].sum(1) / n + penalty
+            residual = logp.exp()
+            residual.scatter_add_(
+                2, target, torch.full((self.grid, len(yp), 1), -1.0, device=xp.device)
+            )
+            residual /= n
+            grads[heads, :, : self.dim] = torch.einsum("gnk,nd->gkd", residual, xp)
+            grads[heads, :, : self.dim] += self.decay * weight
+            grads[heads, :, self.dim] = residual.sum(1)
+        return losses, grads.view(theta.shape)
+
+
+def _fit_linear_heads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    rows: Sequence[torch.Tensor],
+    decays: Sequence[float],
+    max_iter: int,
+) -> tuple[list[nn.Linear], LbfgsResult]:
+    """One zero-initialised linear head per (problem, decay), all fitted by one batched L-BFGS."""
+    problem = _SoftmaxProblems(x, y, rows, decays, num_classes)
+    heads_n, dim = len(rows) * len(decays), x.shape[1]
+    theta = torch.zeros(heads_n, num_classes * (dim + 1), device=x.device)
+    with torch.no_grad(), _few_threads_for_small(x):
+        result = batched_lbfgs(problem, theta, max_iter=max_iter)
+    params = problem.shape(result.theta)
+    heads = []
+    for h in range(heads_n):
+        linear = nn.Linear(dim, num_classes).to(x.device)
+        with torch.no_grad():
+            linear.weight.copy_(params[h, :, :dim])
+            linear.bias.copy_(params[h, :, dim])
+        heads.append(linear.eval().requires_grad_(False))
+    return heads, result
 
 
 def train_linear_grid(
@@ -238,47 +454,15 @@ def train_linear_grid(
     *,
     max_iter: int = 100,
 ) -> list[nn.Linear]:
-    """Multinomial logistic regression for every weight decay at once, full-batch L-BFGS.
+    """Multinomial logistic regression on ``x`` for every weight decay, full-batch L-BFGS.
 
-    The loss is cross-entropy on the raw logits (``F.cross_entropy`` applies log-softmax
-    itself; a softmax before it would squash the gradients) plus ``wd / 2 * |W|^2`` (not on the
-    bias). The heads of the grid are independent problems whose losses are summed, so one L-BFGS
-    run solves them all: the same optima, at a fifth of the Python overhead of five runs (the
-    overhead, not the arithmetic, dominates a probe on cached features). Zero initialisation
-    makes the fit deterministic: the seed of a run only chooses its label fraction.
+    Cross-entropy on the raw logits plus ``wd / 2 * |W|^2`` (not on the bias); every weight
+    decay is its own problem with its own optimiser state (:func:`batched_lbfgs`), solved side
+    by side. Zero initialisation makes the fit deterministic: the seed of a run only chooses
+    its label fraction.
     """
-    grid = len(weight_decays)
-    n, dim = x.shape
-    weight = torch.zeros(grid, num_classes, dim, device=x.device, requires_grad=True)
-    bias = torch.zeros(grid, num_classes, device=x.device, requires_grad=True)
-    decay = torch.tensor([float(w) for w in weight_decays], device=x.device).view(grid, 1, 1)
-    targets = y.repeat(grid)
-    optimizer = _lbfgs([weight, bias], max_iter)
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = torch.einsum("nd,gkd->gnk", x, weight) + bias[:, None, :]
-        # the sum over the grid of each head's mean cross-entropy
-        loss = (
-            nn.functional.cross_entropy(
-                logits.reshape(grid * n, num_classes), targets, reduction="sum"
-            )
-            / n
-        )
-        loss = loss + 0.5 * (decay * weight.pow(2)).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad(), _few_threads_for_small(x):
-        optimizer.step(closure)
-    heads = []
-    for g in range(grid):
-        linear = nn.Linear(dim, num_classes).to(x.device)
-        with torch.no_grad():
-            linear.weight.copy_(weight[g])
-            linear.bias.copy_(bias[g])
-        heads.append(linear.eval().requires_grad_(False))
-    return heads
+    rows = [torch.arange(len(y), device=x.device)]
+    return _fit_linear_heads(x, y, num_classes, rows, list(weight_decays), max_iter)[0]
 
 
 def train_linear(
@@ -300,33 +484,18 @@ def fit_probe(
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> ProbeHead:
-    """Fit one head per weight decay on ``train`` (one joint L-BFGS run); keep the best on val.
+    """Fit one head per weight decay on ``train``; keep the best on val (ties: larger decay).
 
-    Ties go to the larger weight decay (the simpler model). ``stats`` standardise the features
-    (default: those of ``train_x``; evaluation passes the statistics of the whole unlabelled
-    train split, which are steadier than those of a 0.5 % subset).
+    ``stats`` standardise the features (default: those of ``train_x``; evaluation passes the
+    statistics of the whole unlabelled train split, which are steadier than those of a 0.5 %
+    subset). :func:`fit_probes` with one subset covering ``train_x``.
     """
-    device = torch.device(device)
-    mean, std = stats if stats is not None else feature_stats(train_x)
-    mean, std = mean.to(device), std.to(device)
-    tx = ((train_x.to(device) - mean) / std).float()
-    vx = ((val_x.to(device) - mean) / std).float()
-    ty, vy = train_y.to(device), val_y.to(device)
-    if not weight_decays:
-        raise MedzooError("probe.weight_decays is empty: give at least one value, e.g. [1e-4]")
-    decays = sorted(float(w) for w in weight_decays)
-    heads = train_linear_grid(tx, ty, num_classes, decays, max_iter=max_iter)
-    best: ProbeHead | None = None
-    for weight_decay, linear in zip(decays, heads):
-        with torch.no_grad():
-            accuracy = (linear(vx).argmax(1) == vy).float().mean().item() if len(vy) else 0.0
-        if best is None or accuracy >= best.val_accuracy:
-            best = ProbeHead(linear, mean, std, weight_decay, accuracy)
-    assert best is not None
-    return best
+    return fit_probes(
+        train_x, train_y, val_x, val_y, num_classes, [np.arange(len(train_y))],
+        weight_decays=weight_decays, max_iter=max_iter, stats=stats, device=device,
+    )[0]  # fmt: skip
 
 
-# long: one batched L-BFGS problem: the closure and its bookkeeping share the tensors
 def fit_probes(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -341,14 +510,14 @@ def fit_probes(
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> list[ProbeHead]:
-    """:func:`fit_probe` for many label subsets of one feature set at once (a sweep's
-    (fraction, seed) runs of one init), every (subset, weight decay) head in ONE L-BFGS run.
+    """:func:`fit_probe` for many label subsets of one feature set (a sweep's (fraction, seed)
+    runs of one init), every (subset, weight decay) head in one batched L-BFGS.
 
-    Each subset is a row mask over ``train_x``; its heads minimise the mean cross-entropy over
-    its own rows, so the problems stay independent (their losses are summed) and each head's
-    optimum is the one :func:`fit_probe` finds. ``val_subsets`` (default: all of val for each)
-    choose each subset's weight decay, ties to the larger one. ``stats`` default to those of
-    the whole ``train_x`` (what evaluation passes to every run).
+    Each subset's heads minimise the mean cross-entropy over its own rows with their own
+    optimiser state (:func:`batched_lbfgs`), so each head is the one :func:`fit_probe` finds
+    for that subset alone. ``val_subsets`` (default: all of val for each) choose each subset's
+    weight decay, ties to the larger one. ``stats`` default to those of the whole ``train_x``
+    (what evaluation passes to every run).
     """
     device = torch.device(device)
     if not weight_decays:
@@ -361,56 +530,31 @@ def fit_probes(
     vx = ((val_x.to(device) - mean) / std).float()
     ty, vy = train_y.to(device), val_y.to(device)
     decays = sorted(float(w) for w in weight_decays)
-    problems, grid = len(train_subsets), len(decays)
-    n, dim = tx.shape
-    # rows of each problem; a row weight of 1 / n_p gives each problem its own mean loss
-    row_weight = torch.zeros(problems, n, device=device)
-    for p, subset in enumerate(train_subsets):
-        rows = torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
-        row_weight[p, rows] = 1.0 / max(len(rows), 1)
-    heads_n = problems * grid
-    weight = torch.zeros(heads_n, num_classes, dim, device=device, requires_grad=True)
-    bias = torch.zeros(heads_n, num_classes, device=device, requires_grad=True)
-    decay = torch.tensor(decays * problems, device=device).view(heads_n, 1, 1)
-    per_head_rows = row_weight.repeat_interleave(grid, 0)  # [heads, n]
-    used = per_head_rows.sum(0) > 0  # rows no problem uses cost nothing
-    x_used, y_used, w_used = tx[used], ty[used], per_head_rows[:, used]
-    optimizer = _lbfgs([weight, bias], max_iter)
+    grid = len(decays)
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        logits = torch.einsum("nd,hkd->hnk", x_used, weight) + bias[:, None, :]
-        losses = nn.functional.cross_entropy(
-            logits.reshape(-1, num_classes), y_used.repeat(heads_n), reduction="none"
-        ).view(heads_n, -1)
-        loss = (losses * w_used).sum() + 0.5 * (decay * weight.pow(2)).sum()
-        loss.backward()
-        return loss
+    def as_rows(subset: Sequence[int]) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
 
-    with torch.enable_grad(), _few_threads_for_small(x_used):
-        optimizer.step(closure)
-    out = []
-    with torch.no_grad():
-        val_logits = torch.einsum("nd,hkd->hnk", vx, weight) + bias[:, None, :]
+    rows = [as_rows(s) for s in train_subsets]
+    linears, result = _fit_linear_heads(tx, ty, num_classes, rows, decays, max_iter)
+    params = result.theta.view(len(linears), num_classes, -1)
+    with torch.no_grad(), _few_threads_for_small(vx):  # every head's val predictions at once
+        val_logits = torch.einsum("nd,hkd->hnk", vx, params[..., :-1]) + params[:, None, :, -1]
         correct = (val_logits.argmax(2) == vy[None]).float()  # [heads, n_val]
-    for p in range(problems):
-        rows = (
-            torch.arange(len(vy), device=device)
-            if val_subsets is None
-            else torch.as_tensor(np.asarray(val_subsets[p], dtype=np.int64), device=device)
+    out = []
+    for p in range(len(rows)):
+        val_rows = (
+            torch.arange(len(vy), device=device) if val_subsets is None else as_rows(val_subsets[p])
         )
         best: ProbeHead | None = None
         for g, weight_decay in enumerate(decays):
             h = p * grid + g
-            accuracy = correct[h, rows].mean().item() if len(rows) else 0.0
+            accuracy = correct[h, val_rows].mean().item() if len(val_rows) else 0.0
             if best is None or accuracy >= best.val_accuracy:
-                linear = nn.Linear(dim, num_classes).to(device)
-                with torch.no_grad():
-                    linear.weight.copy_(weight[h])
-                    linear.bias.copy_(bias[h])
                 best = ProbeHead(
-                    linear.eval().requires_grad_(False), mean, std, weight_decay, accuracy
-                )
+                    linears[h], mean, std, weight_decay, accuracy,
+                    iterations=int(result.iterations[h]), converged=bool(result.converged[h]),
+                )  # fmt: skip
         assert best is not None
         out.append(best)
     return out

@@ -217,3 +217,51 @@ def test_the_test_split_is_read_only_for_final_scoring(synth_root, tmp_path, mon
     evaluate(cfg, data_root=synth_root, out=tmp_path / "run")
     assert "selection" not in _TestSpy.reads  # never touched while choosing
     assert _TestSpy.reads.count("scoring") > 0  # but read to score: the spy works
+
+
+# --------------------------------------------------------------------------- batched probe heads
+
+
+def test_probe_heads_are_fitted_in_one_batched_call_per_feature_set_and_equal_single_fits(
+    synth_root, tmp_path, monkeypatch
+):
+    """evaluate fits every probe head of a feature set in ONE fit_probes call (per seed for a
+    random init, whose features differ per seed); each head has its own L-BFGS state, so the
+    grid's rows are those of fitting every run by itself."""
+    import medzoo.evaluation.run as run_module
+    from medzoo.probe import fit_probe
+
+    real = run_module.fit_probes
+    calls: list[int] = []
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[5]))
+        return real(*args, **kwargs)
+
+    def one_by_one(tx, ty, vx, vy, classes, subsets, val_subsets, **kwargs):
+        return [
+            fit_probe(tx[torch.as_tensor(s)], ty[torch.as_tensor(s)], vx[torch.as_tensor(v)],
+                      vy[torch.as_tensor(v)], classes, **kwargs)
+            for s, v in zip(subsets, val_subsets, strict=True)
+        ]  # fmt: skip
+
+    cfg = _cfg(fractions=[0.1, 0.5, 1.0], seeds=[0, 1], probe={"weight_decays": [1e-4, 1e-2]})
+    monkeypatch.setattr(run_module, "fit_probes", spy)
+    out = evaluate(cfg, data_root=synth_root, out=tmp_path / "a")
+    batched = json.loads((out / "results.json").read_text())
+    summary = (out / "summary.md").read_text()
+    assert "probe heads" in summary and "L-BFGS iterations" in summary
+    # one call per seed (a random init's features differ per seed), each with 10 %, 50 %, 100 %
+    assert calls == [3, 3]
+    monkeypatch.setattr(run_module, "fit_probes", one_by_one)
+    single = json.loads(
+        (evaluate(cfg, data_root=synth_root, out=tmp_path / "b") / "results.json").read_text()
+    )
+    assert len(batched) == len(single) == 6
+    for a, b in zip(batched, single, strict=True):
+        assert (a["budget"], a["seed"]) == (b["budget"], b["seed"])
+        assert a["probe_iterations"] == b["probe_iterations"] > 0
+        assert isinstance(a["probe_converged"], bool)
+        assert a["weight_decay"] == b["weight_decay"]
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9)
+        assert a["balanced_accuracy"] == pytest.approx(b["balanced_accuracy"], abs=1e-9)

@@ -29,7 +29,7 @@ class ProbeConfig:
     """The linear probe (the ``[probe]`` recipe table)."""
 
     weight_decays: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # chosen on val
-    max_iter: int = 100  # L-BFGS iterations (full batch, all weight decays in one run)
+    max_iter: int = 100  # L-BFGS iterations per head (full batch; every head its own state)
     batch_size: int = 256  # feature extraction batch
 
 

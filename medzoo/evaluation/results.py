@@ -16,7 +16,24 @@ from medzoo.evaluation.plan import Plan
 from medzoo.evaluation.recipe import EvalConfig
 
 
-def protocol_text(cfg: EvalConfig, plan: Plan) -> str:
+def probe_convergence(rows: list[dict[str, Any]]) -> str:
+    """How many of the chosen probe heads stopped on a tolerance rather than on ``max_iter``."""
+    probes = [r for r in rows if r.get("probe_converged") is not None]
+    if not probes:
+        return ""
+    converged = sum(bool(r["probe_converged"]) for r in probes)
+    iterations = [int(r["probe_iterations"]) for r in probes]
+    return (
+        f" Chosen probe heads: {converged} of {len(probes)} converged "
+        f"({min(iterations)}-{max(iterations)} L-BFGS iterations; the rest stopped at "
+        "`probe.max_iter`)."
+        if converged < len(probes)
+        else f" All {len(probes)} chosen probe heads converged "
+        f"({min(iterations)}-{max(iterations)} L-BFGS iterations)."
+    )
+
+
+def protocol_text(cfg: EvalConfig, plan: Plan, rows: list[dict[str, Any]] | None = None) -> str:
     """What every number of the summary means: budgets, selection, baseline init."""
     ft, sg = cfg.finetune, cfg.surgical
     surgical = any(s.startswith("surgical") for s in cfg.strategies)
@@ -39,7 +56,9 @@ def protocol_text(cfg: EvalConfig, plan: Plan) -> str:
         f"backbone lr {ft.lr:g}{surgical_lr}, head lr {ft.head_lr:g}, from-scratch lr "
         f"{ft.scratch_lr:g} for random init, weight decay {ft.weight_decay:g} on conv/linear "
         "weights only. The probe is L-BFGS on cached frozen features; the 100 % probe of a "
-        "fixed backbone is deterministic and fitted once (sd n/a).",
+        "fixed backbone is deterministic and fitted once (sd n/a). Every probe head has its own "
+        "L-BFGS state (all heads of a feature set are solved side by side, each as if alone)."
+        + probe_convergence(rows or []),
         "`random-r18` is a real random baseline: timm's init with live residual branches "
         "(`zero_init_last=False`), a new draw per seed (its sd includes init variance).",
     ]
@@ -54,7 +73,7 @@ def write_report(
     from medzoo.provenance import atomic_write_text
 
     text = report.summary_markdown(
-        rows, title=f"Evaluation: {cfg.name}", preamble=protocol_text(cfg, plan)
+        rows, title=f"Evaluation: {cfg.name}", preamble=protocol_text(cfg, plan, rows)
     )
     atomic_write_text(out / "summary.md", text)
     if not cfg.plots:
