@@ -333,6 +333,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     sum in another order (K + K instead of K * K multiplies per pixel).
     """
     batch, channels, height, width = x.shape
+    if torch.compiler.is_compiling():
+        return _blur_shifted(x, gaussian_kernels(sigma, kernel_size))
     weight = gaussian_kernels(sigma, kernel_size).repeat_interleave(channels, dim=0)  # [B*C, K]
     pad = kernel_size // 2
     groups = batch * channels
@@ -344,6 +346,22 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         F.pad(flat, (0, 0, pad, pad), mode="reflect"), weight[:, None, :, None], groups=groups
     )
     return flat.view(batch, channels, height, width)
+
+
+def _blur_shifted(x: Tensor, kernels: Tensor) -> Tensor:
+    """:func:`gaussian_blur` as weighted sums of shifted planes, for torch.compile: Inductor
+    fuses each pass into one kernel, and no convolution's ``groups`` ties the graph to one batch
+    size (a grouped convolution specialises it). Equal to the convolution up to float rounding
+    (the taps are summed in another order)."""
+    taps = kernels.shape[1]
+    pad = taps // 2
+    for dim, padding in ((3, (pad, pad, 0, 0)), (2, (0, 0, pad, pad))):
+        size = x.shape[dim]
+        padded = F.pad(x, padding, mode="reflect")
+        x = sum(
+            padded.narrow(dim, tap, size) * kernels[:, tap].view(-1, 1, 1, 1) for tap in range(taps)
+        )
+    return x
 
 
 def solarize(x: Tensor, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
