@@ -32,6 +32,13 @@ No step reads a value back to the host, so on CUDA nothing synchronises. Random 
 drawn by :meth:`TwoViewAugment.sample_params` from an optional ``torch.Generator`` (exact resume,
 deterministic tests) and applied by :meth:`TwoViewAugment.apply`. The per-operation kernels
 live in :mod:`medzoo.data.augment_ops`.
+
+``TwoViewAugment(..., compile=True)`` (the recipe's ``augment.compile``) runs ``apply`` as one
+``torch.compile(fullgraph=True)`` graph of the whole batch (:meth:`TwoViewAugment.apply_graph`):
+every op with p < 1 computed for all samples and selected with ``torch.where`` (the CPU's eager
+index selection depends on the mask's values), the blur as shifted sums (a grouped convolution
+would tie the graph to one batch size). A second batch size compiles once more, with a symbolic
+batch; later sizes reuse it. The parameters are still drawn eagerly.
 """
 
 from __future__ import annotations
