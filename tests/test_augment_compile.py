@@ -4,12 +4,12 @@ Tolerances:
 
 - the graph-friendly pass run eagerly (whole batch, ``torch.where`` selection) against the CPU
   index pass (chunks, only the selected samples computed): SELECT_ATOL = 1e-6. The same float
-  ops run on every sample in the same order, so the values are equal (0.0 measured); the margin
-  is for a grouped convolution over another set of groups picking another kernel.
+  ops run on every sample in the same order; measured: equal for histology, 5e-7 apart for ct
+  (a convolution or reduction over another batch may take another kernel and summation order).
 - compiled against eager: COMPILE_ATOL = 1e-4 in normalised units, as the pipeline-vs-torchvision
   tolerance of tests/test_augment.py. Inductor fuses and reorders float32 arithmetic (contracted
   multiply-adds, its own reductions for the contrast mean), ~1e-7 relative per op over ten ops,
-  divided by std ~0.23: 2e-6 to 4e-6 measured. A pixel that lands within that rounding of the
+  divided by std ~0.23: 2e-6 to 5e-6 measured. A pixel that lands within that rounding of the
   solarise threshold (128/255) may flip in one pass and not the other (neither is more exact),
   so at most COMPILE_FLIP_FRACTION of the elements may exceed the tolerance.
 """
