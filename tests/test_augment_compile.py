@@ -168,3 +168,31 @@ def test_compiled_apply_equals_eager(preset: str, channels: int) -> None:
                 (ours - ref).abs().max(),
             )
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.slow
+def test_a_mix_trains_with_compiled_parts_and_an_eager_monitor(tmp_path: Path) -> None:
+    """A mix's parts change size every step: with augment.compile the parts compile at most two
+    graphs each (a first size, then a symbolic batch), fullgraph; the monitor reads on."""
+    import json
+
+    from medzoo.data.synth import write_synthetic
+    from medzoo.pretrain import pretrain
+
+    root = tmp_path / "root"
+    write_synthetic(root, ["derm"], size=32, per_class=8, classes=5, domain="Dermatoscopy")
+    write_synthetic(root, ["crc"], size=32, per_class=12, seed=0)
+    tiny = ["data.image_size=32", "model.projector_dims=[64, 64]", "training.batch_size=16"]
+    tiny += ["training.epochs=1", "training.max_steps=4", "training.monitor_every_steps=2"]
+    cfg = load_pretrain_config(
+        ROOT / "recipes" / "pretrain-mix.toml",
+        ['name="mix-compiled"', *tiny, "augment.compile=true", "optim.lr=1e-3"],
+    )
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    folder = pretrain(cfg, data_root=root, out=tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "knn_acc" in r] == [0, 2, 4]
+    # a first size, then one symbolic batch; crc (histology) and derm (dermatology) have equal
+    # settings and share them (2 measured), at most two graphs per part otherwise
+    assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
