@@ -60,7 +60,8 @@ step() {
 # 1. the machine, the versions, and the GEMM ceilings every ratio is taken against
 step environment 60 $PY -m medzoo.machine --json --out "$OUT/env.json" --device auto
 
-# 2. the gpu-marked tests (bf16 + channels_last step, CUDA loss and augmentation parity)
+# 2. the gpu-marked tests (bf16 + channels_last step, CUDA loss and augmentation parity, the
+#    compiled augmentation against eager on CUDA)
 step gpu-tests 120 bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu $TEST_ARGS tests > '$OUT/gpu-tests.txt' 2>&1"
 
 # 3. pre-training: synthetic uint8 images in memory, eager and torch.compile (model, then also

@@ -196,3 +196,19 @@ def test_a_mix_trains_with_compiled_parts_and_an_eager_monitor(tmp_path: Path) -
     # a first size, then one symbolic batch; crc (histology) and derm (dermatology) have equal
     # settings and share them (2 measured), at most two graphs per part otherwise
     assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_apply_equals_eager_on_cuda() -> None:
+    """The GPU's own parity (Triton kernels), same parameters, both presets; 1e-3 as
+    tests/test_augment.py's CUDA test allows for TF32 matrix products if enabled globally."""
+    for preset, channels in CASES:
+        eager, compiled = _augment(preset, channels), _augment(preset, channels, compile=True)
+        images = _images(16, channels).cuda()
+        for view in (0, 1):
+            prm = _mixed_params(eager, images.cpu(), view).to("cuda")
+            ours, ref = compiled.apply(images, prm), eager.apply(images, prm)
+            assert ours.device.type == "cuda"
+            far = (ours - ref).abs() > 1e-3
+            assert far.float().mean() <= COMPILE_FLIP_FRACTION, (preset, view)
