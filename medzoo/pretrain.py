@@ -182,6 +182,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def recipe_matches(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recipe is the run's: equal after the saved one's missing keys take
+    their defaults, so a checkpoint written before a key existed (``augment.compile``) resumes."""
+    from medzoo.config import from_dict
+
+    if not isinstance(saved, dict):
+        return False
+    try:
+        saved = to_dict(from_dict(PretrainConfig, saved))
+    except MedzooError:  # a key this version does not know, or a value it refuses
+        return False
+    return json.loads(json.dumps(saved, sort_keys=True)) == json.loads(
+        json.dumps(current, sort_keys=True)
+    )
+
+
 def _restore(what: str, path: Path, load: Any, state: Any) -> None:
     """``load(state)``; a state that does not fit this recipe's model is one line."""
     try:
@@ -427,7 +443,7 @@ class Trainer:
     def restore(self) -> int:
         """Load the run folder's checkpoint (same recipe only); returns the step to go on from."""
         ckpt = load_checkpoint(self.checkpoint_path)
-        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(self.cfg_dict, sort_keys=True)):
+        if not recipe_matches(json.loads(ckpt["recipe"]), self.cfg_dict):
             raise MedzooError(
                 f"{self.checkpoint_path} was made with another recipe: resume with the same recipe and --set values"
             )

@@ -123,6 +123,24 @@ def test_augment_compile_key_typo_names_the_key() -> None:
         load_pretrain_config(ROOT / "recipes" / "demo.toml", ["augment.compil=true"])
 
 
+def test_a_checkpoint_from_before_the_key_still_resumes() -> None:
+    """A run saved before augment.compile existed has no such key in its checkpoint's recipe: it
+    counts as the default ("auto"), so --resume accepts it; a real difference is still refused."""
+    import copy
+
+    from medzoo.config import to_dict
+    from medzoo.pretrain import recipe_matches
+
+    current = to_dict(load_pretrain_config(ROOT / "recipes" / "demo.toml"))
+    old = copy.deepcopy(current)
+    del old["augment"]["compile"]
+    assert recipe_matches(old, current)
+    assert not recipe_matches({**old, "augment": {**old["augment"], "compile": True}}, current)
+    assert not recipe_matches({**old, "training": {**old["training"], "seed": 5}}, current)
+    assert not recipe_matches({**old, "augment": {"compil": True}}, current)
+    assert not recipe_matches(["not", "a", "recipe"], current)
+
+
 def test_trainer_and_breakdown_compile_the_augmentation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both the training loop and the breakdown hand apply_graph to torch.compile (spied on:
     the graph runs eagerly here, the compiled parity is the slow test below)."""
