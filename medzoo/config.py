@@ -155,6 +155,9 @@ class AugmentConfig:
     blur_prob: tuple[float, float] | None = None  # (view 1, view 2)
     blur_sigma: tuple[float, float] | None = None
     solarize_prob: tuple[float, float] | None = None  # (view 1, view 2)
+    # run the two-view augmentation under torch.compile (one fused graph per batch): "auto"
+    # follows training.compile, true or false decide alone (see augment_compiled)
+    compile: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,15 @@ class PretrainConfig:
         validate_pretrain(self)
 
 
+def augment_compiled(cfg: PretrainConfig) -> bool:
+    """Whether the augmentation runs under torch.compile: ``augment.compile``, where ``"auto"``
+    follows ``training.compile``. The training loop and ``bench pretrain --breakdown`` both ask
+    this one function."""
+    if cfg.augment.compile == "auto":
+        return bool(cfg.training.compile)
+    return bool(cfg.augment.compile)
+
+
 # long: one check per recipe value, in the recipe's order
 def validate_pretrain(cfg: PretrainConfig) -> None:
     def choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -184,6 +196,11 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
         cfg.augment.preset, ("auto", "histology", "ct", "dermatology", "fundus"), "augment.preset"
     )
     choice(cfg.model.init, ("random", "imagenet"), "model.init")
+    if not (isinstance(cfg.augment.compile, bool) or cfg.augment.compile == "auto"):
+        raise MedzooError(
+            f'augment.compile = {cfg.augment.compile!r} is not one of "auto", true, false: '
+            'write augment.compile = "auto" (follow training.compile), true or false'
+        )
     if "test" in cfg.data.splits:
         raise MedzooError("data.splits contains 'test': pre-training never sees the test split")
     for split in cfg.data.splits:

@@ -27,7 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from medzoo.config import PretrainConfig, default_mean_std, dump_toml, medzoo_home, to_dict
+from medzoo.config import (
+    PretrainConfig,
+    augment_compiled,
+    default_mean_std,
+    dump_toml,
+    medzoo_home,
+    to_dict,
+)
 from medzoo.data.batches import (
     BatchSource,
     load_images_per_rank,
@@ -173,6 +180,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is damaged or foreign ({problem}): delete it to start over"
         )
     return ckpt
+
+
+def recipe_matches(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a checkpoint's recipe is the run's: equal after the saved one's missing keys take
+    their defaults, so a checkpoint written before a key existed (``augment.compile``) resumes."""
+    from medzoo.config import from_dict
+
+    if not isinstance(saved, dict):
+        return False
+    try:
+        saved = to_dict(from_dict(PretrainConfig, saved))
+    except MedzooError:  # a key this version does not know, or a value it refuses
+        return False
+    return json.loads(json.dumps(saved, sort_keys=True)) == json.loads(
+        json.dumps(current, sort_keys=True)
+    )
 
 
 def _restore(what: str, path: Path, load: Any, state: Any) -> None:
@@ -345,7 +368,9 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler("cuda") if runtime.use_scaler else None
         mean, std = default_mean_std(cfg.model.in_chans)
-        self.augment, self.groups = _augmenter(cfg, mix, mean, std)
+        # augment.compile: the views as one torch.compile graph per batch (compiled on the first
+        # step); the parameters are still drawn eagerly from aug_generator, so resume is exact
+        self.augment, self.groups = _augmenter(cfg, mix, mean, std, compile=augment_compiled(cfg))
         self.aug_generator = torch.Generator(device=runtime.device)
         self.autocast = (
             torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
@@ -358,7 +383,11 @@ class Trainer:
         if monitor_data is not None:
             from medzoo.monitor import Monitor
 
-            self.monitor = Monitor(monitor_data, self.augment, mean, std, runtime.device)
+            # eager views for the monitor: its batches (another size, no gradients) would add
+            # compiles, and its readings stay those of an uncompiled run
+            compiled = augment_compiled(cfg)
+            eager = _augmenter(cfg, mix, mean, std)[0] if compiled else self.augment
+            self.monitor = Monitor(monitor_data, eager, mean, std, runtime.device)
         width = min(
             cfg.model.projector_dims[-1], len(monitor_data.val_labels) if monitor_data else 1
         )
@@ -414,7 +443,7 @@ class Trainer:
     def restore(self) -> int:
         """Load the run folder's checkpoint (same recipe only); returns the step to go on from."""
         ckpt = load_checkpoint(self.checkpoint_path)
-        if json.loads(ckpt["recipe"]) != json.loads(json.dumps(self.cfg_dict, sort_keys=True)):
+        if not recipe_matches(json.loads(ckpt["recipe"]), self.cfg_dict):
             raise MedzooError(
                 f"{self.checkpoint_path} was made with another recipe: resume with the same recipe and --set values"
             )
@@ -570,8 +599,12 @@ class Trainer:
         return {"model": _unwrap(self.model), "step": step, "loss": last_loss, "monitor": reading}
 
 
-def _augmenter(cfg: PretrainConfig, mix, mean, std):
-    """The two-view augmentation, and for a mix the part of every image (each its own preset)."""
+def _augmenter(cfg: PretrainConfig, mix, mean, std, *, compile: bool = False):
+    """The two-view augmentation, and for a mix the part of every image (each its own preset).
+
+    ``compile``: each :class:`TwoViewAugment` applies its views under torch.compile (a mix's
+    parts vary in size from step to step: after the second size their graph has a symbolic batch).
+    """
     from medzoo.data.augment import TwoViewAugment, resolve_augment
 
     size = cfg.data.image_size
@@ -579,13 +612,15 @@ def _augmenter(cfg: PretrainConfig, mix, mean, std):
         from medzoo.data.mix import MixedAugment, groups_of
 
         parts = [dataclasses.replace(cfg.augment, preset=part.preset) for part in mix]
-        augments = [TwoViewAugment(resolve_augment(a), size, mean, std) for a in parts]
+        augments = [
+            TwoViewAugment(resolve_augment(a), size, mean, std, compile=compile) for a in parts
+        ]
         return MixedAugment(augments), groups_of(mix)
     augment = cfg.augment
     if augment.preset == "auto":  # a mix benchmarked without its data: the first entry's rules
         first = dataclasses.replace(cfg.data, domain=cfg.data.domain[0])
         augment = resolve_preset(dataclasses.replace(cfg, data=first)).augment
-    return TwoViewAugment(resolve_augment(augment), size, mean, std), None
+    return TwoViewAugment(resolve_augment(augment), size, mean, std, compile=compile), None
 
 
 def _batch_source(images, training, runtime: Runtime, mix, *, weighted: bool) -> BatchSource:
@@ -726,6 +761,7 @@ def benchmark(
         "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
         "channels_last": runtime.channels_last,
         "compile": cfg.training.compile,
+        "compile_augment": augment_compiled(cfg),
         "batch_size": cfg.training.batch_size,
         "image_size": cfg.data.image_size,
         "steps": len(measured),

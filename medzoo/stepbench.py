@@ -5,7 +5,9 @@ and then this module, on the same recipe, device, images and model:
 
 - the step phases, each timed alone with a device synchronisation after it: data (gather the
   uint8 rows and copy them to the device), augmentation (two views), forward (both views, under
-  the recipe's autocast), loss, backward, optimiser (step, zero_grad, scheduler);
+  the recipe's autocast), loss, backward, optimiser (step, zero_grad, scheduler); the model and
+  the augmentation compiled as the training loop compiles them (``training.compile``,
+  ``augment.compile``), the compiling first step left out of the times;
 - a *bare loop*: the model's forward + loss + backward + optimiser step on two views made once,
   i.e. what a plain training loop with no data or augmentation costs.
 
@@ -52,7 +54,7 @@ def step_breakdown(
     passes them; this module does not import it, so the two stay free of an import cycle).
     """
     from medzoo import losses
-    from medzoo.config import default_mean_std
+    from medzoo.config import augment_compiled, default_mean_std
     from medzoo.data.augment import TwoViewAugment, resolve_augment
     from medzoo.data.batches import BatchSource
 
@@ -67,7 +69,13 @@ def step_breakdown(
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     mean, std = default_mean_std(cfg.model.in_chans)
-    augment = TwoViewAugment(resolve_augment(cfg.augment), cfg.data.image_size, mean, std)
+    augment = TwoViewAugment(
+        resolve_augment(cfg.augment),
+        cfg.data.image_size,
+        mean,
+        std,
+        compile=augment_compiled(cfg),  # the training loop's switch: timed as it trains
+    )
     generator = torch.Generator(device=device)
     autocast = (
         torch.autocast(device.type, dtype=runtime.amp_dtype) if runtime.amp_dtype else nullcontext()

@@ -59,6 +59,7 @@ def test_gpu_script_dry_run_runs_every_step_on_cpu(tmp_path: Path) -> None:
     assert env_report["cpu_ceilings"]["fp32_gflops"] > 0 and "summary" in env_report["isa"]
     pretrain = [json.loads(line) for line in (out / "pretrain.jsonl").read_text().splitlines()]
     assert pretrain and all("loop_efficiency" in r for r in pretrain)
+    assert any(r["compile_augment"] for r in pretrain)  # augment.compile, proven on CPU
     bench = json.loads((out / "onnx" / "bench.json").read_text())
     assert {"ort-cuda", "ort-tensorrt"} <= set(bench["unavailable"]) and bench["roofline"]
     assert json.loads((out / "onnx" / "export.json").read_text())["parity"]["fp16"]

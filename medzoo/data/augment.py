@@ -32,12 +32,20 @@ No step reads a value back to the host, so on CUDA nothing synchronises. Random 
 drawn by :meth:`TwoViewAugment.sample_params` from an optional ``torch.Generator`` (exact resume,
 deterministic tests) and applied by :meth:`TwoViewAugment.apply`. The per-operation kernels
 live in :mod:`medzoo.data.augment_ops`.
+
+``TwoViewAugment(..., compile=True)`` (the recipe's ``augment.compile``) runs ``apply`` as one
+``torch.compile(fullgraph=True)`` graph of the whole batch (:meth:`TwoViewAugment.apply_graph`):
+every op with p < 1 computed for all samples and selected with ``torch.where`` (the CPU's eager
+index selection depends on the mask's values), the blur as shifted sums (a grouped convolution
+would tie the graph to one batch size). A second batch size compiles once more, with a symbolic
+batch; later sizes reuse it. The parameters are still drawn eagerly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,13 +139,17 @@ _PRESET_VALUES: dict[str, AugmentParams] = {
 
 
 def resolve_augment(cfg: AugmentConfig) -> AugmentParams:
-    """The preset's values, replaced by every override in ``cfg`` that is not None."""
+    """The preset's values, replaced by every override in ``cfg`` that is not None.
+
+    ``cfg.compile`` says how the views are computed, not which: it is not a parameter here
+    (:func:`medzoo.config.augment_compiled` resolves it for :class:`TwoViewAugment`).
+    """
     if cfg.preset not in _PRESET_VALUES:
         raise MedzooError(f"augment.preset = {cfg.preset!r} is not one of {', '.join(PRESETS)}")
     overrides = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(cfg)
-        if f.name != "preset" and getattr(cfg, f.name) is not None
+        if f.name not in ("preset", "compile") and getattr(cfg, f.name) is not None
     }
     return dataclasses.replace(_PRESET_VALUES[cfg.preset], **overrides)
 
@@ -261,6 +273,9 @@ class TwoViewAugment:
         cpu_chunk_pixels: on CPU the batch is processed in chunks of about this many pixels per
             channel (4 images at 224 px) so that a chunk stays in cache through the chain of
             elementwise ops; on other devices the whole batch is one pass.
+        compile: run :meth:`apply` as one ``torch.compile`` graph (``fullgraph``, the whole
+            batch, ``torch.where`` selection): Inductor fuses the chain of elementwise kernels.
+            The parameters are still drawn eagerly (:meth:`sample_params`).
     """
 
     def __init__(
@@ -270,6 +285,7 @@ class TwoViewAugment:
         mean: tuple[float, ...],
         std: tuple[float, ...],
         cpu_chunk_pixels: int = 4 * 224 * 224,
+        compile: bool = False,
     ) -> None:
         if image_size < 1:
             raise MedzooError(f"image_size = {image_size} must be positive")
@@ -280,6 +296,8 @@ class TwoViewAugment:
         self.cpu_chunk_pixels = int(cpu_chunk_pixels)
         # 23 px at 224 as in the official recipe (about a tenth of the side), always odd
         self.blur_kernel_size = max(3, int(0.1 * self.image_size) | 1)
+        self.compile = bool(compile)
+        self._compiled: Callable[[Tensor, ViewParams], Tensor] | None = None
 
     def __call__(
         self, images: Tensor, generator: torch.Generator | None = None
@@ -346,6 +364,14 @@ class TwoViewAugment:
     def apply(self, images: Tensor, params: ViewParams) -> Tensor:
         """Apply drawn parameters to a uint8 batch: float32 normalised ``[B, C, S, S]``."""
         _check_images(images)
+        if self.compile:
+            if self._compiled is None:
+                # dynamic=None: a fixed batch shape compiles once; a second shape (a mix's parts,
+                # the monitor's last batch) compiles one graph with a symbolic batch size
+                self._compiled = torch.compile(self.apply_graph, fullgraph=True, dynamic=None)
+            # fp32 even inside the training loop's autocast region
+            with torch.autocast(device_type=images.device.type, enabled=False):
+                return self._compiled(images, params)
         scale, shift = _normalise_affine(self.mean, self.std, images.shape[1], images.device)
         chunk = images.shape[0]
         if images.device.type == "cpu":
@@ -354,7 +380,6 @@ class TwoViewAugment:
         out = torch.empty(
             images.shape[0], images.shape[1], self.image_size, self.image_size, device=images.device
         )
-        # fp32 even inside the training loop's autocast region
         with torch.autocast(device_type=images.device.type, enabled=False):
             for start in range(0, images.shape[0], chunk):
                 rows = slice(start, start + chunk)
@@ -363,7 +388,14 @@ class TwoViewAugment:
                 torch.addcmul(shift, view, scale, out=out[rows])
         return out
 
-    def _apply_chunk(self, images: Tensor, prm: ViewParams) -> Tensor:
+    def apply_graph(self, images: Tensor, params: ViewParams) -> Tensor:
+        """:meth:`apply` as one pass that ``torch.compile`` traces whole: the batch in one piece,
+        every op with ``p < 1`` computed for all samples and selected with ``torch.where``
+        (:func:`medzoo.data.augment_ops.masked`), no shape that depends on a value."""
+        scale, shift = _normalise_affine(self.mean, self.std, images.shape[1], images.device)
+        return torch.addcmul(shift, self._apply_chunk(images, params, where=True), scale)
+
+    def _apply_chunk(self, images: Tensor, prm: ViewParams, where: bool | None = None) -> Tensor:
         p = self.params
         x = ops.resized_crop(
             images,
@@ -382,14 +414,14 @@ class TwoViewAugment:
         if p.color_jitter_prob > 0 and enabled:
             jitter = functools.partial(ops.color_jitter, enabled=enabled)
             factors = (prm.brightness, prm.contrast, prm.saturation, prm.hue, prm.order)
-            x = ops.masked(prm.jitter, jitter, x, *factors, inplace=True)
+            x = ops.masked(prm.jitter, jitter, x, *factors, inplace=True, where=where)
         if p.grayscale_prob > 0 and x.shape[1] == 3:
-            x = ops.masked(prm.grayscale, ops.rgb_to_grayscale, x, inplace=True)
+            x = ops.masked(prm.grayscale, ops.rgb_to_grayscale, x, inplace=True, where=where)
         if max(p.blur_prob) > 0:
             blur = functools.partial(ops.gaussian_blur, kernel_size=self.blur_kernel_size)
-            x = ops.masked(prm.blur, blur, x, prm.sigma, inplace=True)
+            x = ops.masked(prm.blur, blur, x, prm.sigma, inplace=True, where=where)
         if max(p.solarize_prob) > 0:
-            x = ops.masked(prm.solarize, ops.solarize, x, inplace=True)
+            x = ops.masked(prm.solarize, ops.solarize, x, inplace=True, where=where)
         return x
 
 

@@ -131,16 +131,27 @@ def resized_crop(
 
 
 def masked(
-    mask: Tensor, fn: Callable[..., Tensor], x: Tensor, *args: Tensor, inplace: bool = False
+    mask: Tensor,
+    fn: Callable[..., Tensor],
+    x: Tensor,
+    *args: Tensor,
+    inplace: bool = False,
+    where: bool | None = None,
 ) -> Tensor:
     """``fn(x, *args)`` for the samples where ``mask`` is True, ``x`` unchanged elsewhere.
 
-    ``args`` are per-sample tensors (batch dim first). On CPU only the selected samples are
-    computed (a blur with p 0.1 costs a tenth); reading the mask is free there. On other devices
-    every sample is computed and ``torch.where`` selects, so the host never waits for the device.
-    ``inplace`` lets the CPU path write the selected samples into ``x``.
+    ``args`` are per-sample tensors (batch dim first). Two selections of the same values:
+
+    - *index* (CPU, eager): only the selected samples are computed (a blur with p 0.1 costs a
+      tenth); reading the mask is free there. ``inplace`` lets it write them into ``x``.
+    - *where*: every sample is computed and ``torch.where`` selects, so the host never waits for
+      the device and the shapes never depend on the mask's values (a graph for torch.compile).
+
+    ``where = None`` picks *where* off the CPU and while torch.compile traces, *index* otherwise.
     """
-    if x.device.type != "cpu":
+    if where is None:
+        where = x.device.type != "cpu" or torch.compiler.is_compiling()
+    if where:
         return torch.where(mask.view(-1, 1, 1, 1), fn(x, *args), x)
     index = mask.nonzero().squeeze(1)
     if index.numel() == 0:
@@ -234,11 +245,16 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     sixths = numerator.div_(chroma.clamp(min=torch.finfo(x.dtype).tiny)).add_(base)
     sixths += 6 * _per_sample(shift)
     sixths.sub_(torch.floor(sixths * (1 / 6)), alpha=6)  # mod 6; remainder_ is slower on CPU
+    ramps = ((3.0, 1.0, -1.0), (2.0, -1.0, 2.0), (4.0, -1.0, 2.0))  # (centre, sign, offset)
+    if torch.compiler.is_compiling():  # no out= into a slice in a graph; Inductor fuses the cat
+        planes = [
+            torch.addcmul(minc, chroma, (sixths - c).abs().mul(s).add(o).clamp(0, 1))
+            for c, s, o in ramps
+        ]
+        return torch.cat(planes, dim=1)
     out = torch.empty_like(x)
     # one plane per channel: broadcasting [B, 1, H, W] against [1, 3, 1, 1] is slow on CPU
-    for channel, (centre, sign, offset) in enumerate(
-        ((3.0, 1.0, -1.0), (2.0, -1.0, 2.0), (4.0, -1.0, 2.0))
-    ):
+    for channel, (centre, sign, offset) in enumerate(ramps):
         ramp = (sixths - centre).abs_().mul_(sign).add_(offset).clamp_(0, 1)
         torch.addcmul(minc, chroma, ramp, out=out[:, channel : channel + 1])
     return out
@@ -317,6 +333,8 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
     sum in another order (K + K instead of K * K multiplies per pixel).
     """
     batch, channels, height, width = x.shape
+    if torch.compiler.is_compiling():
+        return _blur_shifted(x, gaussian_kernels(sigma, kernel_size))
     weight = gaussian_kernels(sigma, kernel_size).repeat_interleave(channels, dim=0)  # [B*C, K]
     pad = kernel_size // 2
     groups = batch * channels
@@ -328,6 +346,22 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel_size: int) -> Tensor:
         F.pad(flat, (0, 0, pad, pad), mode="reflect"), weight[:, None, :, None], groups=groups
     )
     return flat.view(batch, channels, height, width)
+
+
+def _blur_shifted(x: Tensor, kernels: Tensor) -> Tensor:
+    """:func:`gaussian_blur` as weighted sums of shifted planes, for torch.compile: Inductor
+    fuses each pass into one kernel, and no convolution's ``groups`` ties the graph to one batch
+    size (a grouped convolution specialises it). Equal to the convolution up to float rounding
+    (the taps are summed in another order)."""
+    taps = kernels.shape[1]
+    pad = taps // 2
+    for dim, padding in ((3, (pad, pad, 0, 0)), (2, (0, 0, pad, pad))):
+        size = x.shape[dim]
+        padded = F.pad(x, padding, mode="reflect")
+        x = sum(
+            padded.narrow(dim, tap, size) * kernels[:, tap].view(-1, 1, 1, 1) for tap in range(taps)
+        )
+    return x
 
 
 def solarize(x: Tensor, threshold: float = SOLARIZE_THRESHOLD) -> Tensor:
