@@ -156,7 +156,7 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] | None = None
     solarize_prob: tuple[float, float] | None = None  # (view 1, view 2)
     # run the two-view augmentation under torch.compile (one fused graph per batch): "auto"
-    # follows training.compile, true or false decide alone (see augment_compiled)
+    # follows training.compile on CUDA (eager on CPU), true or false decide alone
     compile: bool | str = "auto"
 
 
@@ -174,12 +174,13 @@ class PretrainConfig:
         validate_pretrain(self)
 
 
-def augment_compiled(cfg: PretrainConfig) -> bool:
-    """Whether the augmentation runs under torch.compile: ``augment.compile``, where ``"auto"``
-    follows ``training.compile``. The training loop and ``bench pretrain --breakdown`` both ask
-    this one function."""
+def augment_compiled(cfg: PretrainConfig, device: Any = "cpu") -> bool:
+    """Whether the augmentation runs under torch.compile on ``device``: ``augment.compile``,
+    where ``"auto"`` means ``training.compile`` on CUDA only (on CPU the eager path, which skips
+    the samples an optional op does not touch, measured faster at 224 px: docs/benchmarks.md).
+    The training loop and ``bench pretrain --breakdown`` both ask this one function."""
     if cfg.augment.compile == "auto":
-        return bool(cfg.training.compile)
+        return bool(cfg.training.compile) and str(device).startswith("cuda")
     return bool(cfg.augment.compile)
 
 
@@ -199,7 +200,7 @@ def validate_pretrain(cfg: PretrainConfig) -> None:
     if not (isinstance(cfg.augment.compile, bool) or cfg.augment.compile == "auto"):
         raise MedzooError(
             f'augment.compile = {cfg.augment.compile!r} is not one of "auto", true, false: '
-            'write augment.compile = "auto" (follow training.compile), true or false'
+            'write augment.compile = "auto" (follow training.compile on CUDA), true or false'
         )
     if "test" in cfg.data.splits:
         raise MedzooError("data.splits contains 'test': pre-training never sees the test split")

@@ -370,7 +370,9 @@ class Trainer:
         mean, std = default_mean_std(cfg.model.in_chans)
         # augment.compile: the views as one torch.compile graph per batch (compiled on the first
         # step); the parameters are still drawn eagerly from aug_generator, so resume is exact
-        self.augment, self.groups = _augmenter(cfg, mix, mean, std, compile=augment_compiled(cfg))
+        self.augment, self.groups = _augmenter(
+            cfg, mix, mean, std, compile=augment_compiled(cfg, runtime.device)
+        )
         self.aug_generator = torch.Generator(device=runtime.device)
         self.autocast = (
             torch.autocast(runtime.device.type, dtype=runtime.amp_dtype)
@@ -385,7 +387,7 @@ class Trainer:
 
             # eager views for the monitor: its batches (another size, no gradients) would add
             # compiles, and its readings stay those of an uncompiled run
-            compiled = augment_compiled(cfg)
+            compiled = augment_compiled(cfg, runtime.device)
             eager = _augmenter(cfg, mix, mean, std)[0] if compiled else self.augment
             self.monitor = Monitor(monitor_data, eager, mean, std, runtime.device)
         width = min(
@@ -761,7 +763,7 @@ def benchmark(
         "precision": str(runtime.amp_dtype or torch.float32).replace("torch.", ""),
         "channels_last": runtime.channels_last,
         "compile": cfg.training.compile,
-        "compile_augment": augment_compiled(cfg),
+        "compile_augment": augment_compiled(cfg, runtime.device),
         "batch_size": cfg.training.batch_size,
         "image_size": cfg.data.image_size,
         "steps": len(measured),

@@ -74,7 +74,7 @@ def step_breakdown(
         cfg.data.image_size,
         mean,
         std,
-        compile=augment_compiled(cfg),  # the training loop's switch: timed as it trains
+        compile=augment_compiled(cfg, device),  # the training loop's switch: timed as it trains
     )
     generator = torch.Generator(device=device)
     autocast = (

@@ -98,15 +98,48 @@ def test_graph_pass_equals_the_cpu_index_pass(preset: str, channels: int) -> Non
         )
 
 
-def test_augment_compile_follows_training_compile_unless_set() -> None:
+def test_augment_compile_follows_training_compile_on_cuda_unless_set() -> None:
     recipe = ROOT / "recipes" / "demo.toml"
-    assert not augment_compiled(load_pretrain_config(recipe))
-    assert augment_compiled(load_pretrain_config(recipe, ["training.compile=true"]))
+    compiled = load_pretrain_config(recipe, ["training.compile=true"])
+    assert not augment_compiled(load_pretrain_config(recipe), "cuda")
+    assert augment_compiled(compiled, "cuda")
+    assert augment_compiled(compiled, torch.device("cuda", 1))
+    assert not augment_compiled(compiled, "cpu")  # auto: eager on CPU, measured faster at 224 px
     assert not augment_compiled(
-        load_pretrain_config(recipe, ["training.compile=true", "augment.compile=false"])
+        load_pretrain_config(recipe, ["training.compile=true", "augment.compile=false"]), "cuda"
     )
-    assert augment_compiled(load_pretrain_config(recipe, ["augment.compile=true"]))
-    assert not augment_compiled(load_pretrain_config(recipe, ["augment.compile=auto"]))
+    assert augment_compiled(load_pretrain_config(recipe, ["augment.compile=true"]), "cpu")
+    assert not augment_compiled(load_pretrain_config(recipe, ["augment.compile=auto"]), "cuda")
+
+
+def test_a_compile_failure_falls_back_to_the_eager_views(monkeypatch, caplog) -> None:
+    """Compiling is an optimisation: torch.compile's recompile limit under fullgraph, or a
+    machine without a compiler, must not stop a pre-training run; the eager views go on."""
+
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("recompile limit reached\nmore detail")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    aug, eager = _augment("histology", 3, compile=True), _augment("histology", 3)
+    images = _images(6, 3)
+    prm = _mixed_params(eager, images, 0)
+    with caplog.at_level("WARNING", logger="medzoo"):
+        out = aug.apply(images, prm)
+    assert torch.equal(out, eager.apply(images, prm)) and aug.compile is False
+    assert "compiled augmentation failed (RuntimeError: recompile limit reached)" in caplog.text
+
+    def out_of_memory(fn, **kwargs):
+        def call(*args, **kw):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):  # not a compile problem: eager would not help
+        _augment("histology", 3, compile=True).apply(images, prm)
 
 
 @pytest.mark.parametrize("value", ["ture", "yes", "1", '"true"'])

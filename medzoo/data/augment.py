@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ from torch import Tensor
 from medzoo.config import AugmentConfig
 from medzoo.data import augment_ops as ops
 from medzoo.errors import MedzooError
+
+log = logging.getLogger("medzoo")
 
 PRESETS = ("histology", "ct", "dermatology", "fundus")
 
@@ -369,9 +372,21 @@ class TwoViewAugment:
                 # dynamic=None: a fixed batch shape compiles once; a second shape (a mix's parts,
                 # the monitor's last batch) compiles one graph with a symbolic batch size
                 self._compiled = torch.compile(self.apply_graph, fullgraph=True, dynamic=None)
-            # fp32 even inside the training loop's autocast region
-            with torch.autocast(device_type=images.device.type, enabled=False):
-                return self._compiled(images, params)
+            try:  # fp32 even inside the training loop's autocast region
+                with torch.autocast(device_type=images.device.type, enabled=False):
+                    return self._compiled(images, params)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - compiling is an optimisation, never fatal
+                # e.g. torch.compile's recompile limit (fullgraph raises instead of falling back)
+                # or a compiler missing on the machine: the eager views are the same views
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+                log.warning(
+                    "medzoo: the compiled augmentation failed (%s: %s); going on with the eager "
+                    "one (set augment.compile = false to skip compiling)",
+                    type(error).__name__, reason,
+                )  # fmt: skip
+                self.compile = False
         scale, shift = _normalise_affine(self.mean, self.std, images.shape[1], images.device)
         chunk = images.shape[0]
         if images.device.type == "cpu":
