@@ -9,7 +9,12 @@ init in one batched L-BFGS (``medzoo.probe.fit_probes``, what ``medzoo evaluate`
 with its own optimiser state, so its accuracies must equal the cached one-by-one sweep's.
 Goal (issue 14): batched >= 10x uncached.
 
+``--convergence`` instead measures what the solver's stopping test costs and changes: the first
+init's 18 runs fitted with several (gradient tolerance, history) settings, each against heads
+converged to 1e-8, in seconds and test-accuracy points.
+
     .venv/bin/python bench/probe_cache.py [--per-class 40] [--size 64] [--inits random-r18,...]
+    .venv/bin/python bench/probe_cache.py --convergence
 """
 
 from __future__ import annotations
@@ -88,12 +93,62 @@ def batched_sweep(
     return time.perf_counter() - start, accuracies
 
 
+def convergence(init: str, root: Path, fractions: list[float], seeds: list[int]) -> dict:
+    import time
+
+    import torch
+
+    from medzoo.data.fractions import label_fraction_indices
+    from medzoo.evaluation.inits import init_context, split_features
+    from medzoo.evaluation.recipe import EvalConfig
+    from medzoo.evaluation.run import load_splits
+    from medzoo.probe import feature_stats, fit_probes
+
+    cfg = EvalConfig(datasets=("crc",), inits=(init,), device="cpu")
+    splits = load_splits(root, "crc", cfg)
+    ctx = init_context(init, splits["train"].channels)
+    features = split_features(ctx, splits, root, "crc", cfg, torch.device("cpu"))
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    subsets = [label_fraction_indices(train.labels, f, s) for f in fractions for s in seeds]
+
+    def fit(max_iter: int, tolerance_grad: float, history_size: int) -> tuple[float, list]:
+        start = time.perf_counter()
+        heads = fit_probes(
+            features["train"], train.labels, features["val"], val.labels, train.num_classes,
+            subsets, max_iter=max_iter, stats=feature_stats(features["train"]),
+            tolerance_grad=tolerance_grad, history_size=history_size,
+        )  # fmt: skip
+        return time.perf_counter() - start, heads
+
+    def accuracy(head) -> float:
+        return float((head.logits(features["test"]).argmax(1) == test.labels).float().mean())
+
+    _, reference = fit(2000, 1e-8, 20)
+    rows = []
+    for max_iter, tolerance, history in ((100, 1e-6, 20), (200, 1e-6, 20), (100, 1e-6, 10), (100, 1e-4, 20),
+                                         (100, 1e-4, 10), (100, 1e-5, 10)):  # fmt: skip
+        seconds, heads = fit(max_iter, tolerance, history)
+        gaps = [100 * abs(accuracy(h) - accuracy(r)) for h, r in zip(heads, reference, strict=True)]
+        rows.append({
+            "max_iter": max_iter, "tolerance_grad": tolerance, "history_size": history,
+            "seconds": round(seconds, 2), "mean_iterations": sum(h.iterations for h in heads) / len(heads),
+            "converged": sum(h.converged for h in heads), "runs": len(heads),
+            "same_weight_decay": sum(h.weight_decay == r.weight_decay for h, r in zip(heads, reference, strict=True)),
+            "max_test_points_from_converged": round(max(gaps), 2),
+            "mean_test_points_from_converged": round(sum(gaps) / len(gaps), 2),
+        })  # fmt: skip
+    return {"init": init, "reference": "max_iter 2000, tolerance_grad 1e-8", "settings": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=40)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--inits", default="random-r18,bench-r18")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--convergence", action="store_true", help="time and accuracy of stopping-test settings"
+    )
     args = parser.parse_args()
 
     import torch
@@ -118,6 +173,9 @@ def main() -> None:
                 create_backbone().state_dict(),
             )
         fractions, seeds = [0.005, 0.01, 0.1, 0.25, 0.5, 1.0], [0, 1, 2]
+        if args.convergence:
+            print(json.dumps(convergence(inits[0], root, fractions, seeds), indent=2))
+            return
         uncached, acc_uncached = sweep(inits, Path(root), False, fractions, seeds)
         for stale in (Path(tmp) / "home" / "cache").rglob("*.safetensors"):
             stale.unlink()  # the cached and batched sweeps start cold, as a first evaluation does

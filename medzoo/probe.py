@@ -428,13 +428,19 @@ def _fit_linear_heads(
     rows: Sequence[torch.Tensor],
     decays: Sequence[float],
     max_iter: int,
+    *,
+    tolerance_grad: float = 1e-6,
+    history_size: int = 20,
 ) -> tuple[list[nn.Linear], LbfgsResult]:
     """One zero-initialised linear head per (problem, decay), all fitted by one batched L-BFGS."""
     problem = _SoftmaxProblems(x, y, rows, decays, num_classes)
     heads_n, dim = len(rows) * len(decays), x.shape[1]
     theta = torch.zeros(heads_n, num_classes * (dim + 1), device=x.device)
     with torch.no_grad(), _few_threads_for_small(x):
-        result = batched_lbfgs(problem, theta, max_iter=max_iter)
+        result = batched_lbfgs(
+            problem, theta, max_iter=max_iter, tolerance_grad=tolerance_grad,
+            history_size=history_size,
+        )  # fmt: skip
     params = problem.shape(result.theta)
     heads = []
     for h in range(heads_n):
@@ -509,6 +515,8 @@ def fit_probes(
     max_iter: int = 100,
     stats: tuple[torch.Tensor, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
+    tolerance_grad: float = 1e-6,
+    history_size: int = 20,
 ) -> list[ProbeHead]:
     """:func:`fit_probe` for many label subsets of one feature set (a sweep's (fraction, seed)
     runs of one init), every (subset, weight decay) head in one batched L-BFGS.
@@ -517,7 +525,8 @@ def fit_probes(
     optimiser state (:func:`batched_lbfgs`), so each head is the one :func:`fit_probe` finds
     for that subset alone. ``val_subsets`` (default: all of val for each) choose each subset's
     weight decay, ties to the larger one. ``stats`` default to those of the whole ``train_x``
-    (what evaluation passes to every run).
+    (what evaluation passes to every run). ``tolerance_grad`` and ``history_size`` go to
+    :func:`batched_lbfgs` (``bench/probe_cache.py --convergence`` measures what they change).
     """
     device = torch.device(device)
     if not weight_decays:
@@ -536,7 +545,10 @@ def fit_probes(
         return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
 
     rows = [as_rows(s) for s in train_subsets]
-    linears, result = _fit_linear_heads(tx, ty, num_classes, rows, decays, max_iter)
+    linears, result = _fit_linear_heads(
+        tx, ty, num_classes, rows, decays, max_iter,
+        tolerance_grad=tolerance_grad, history_size=history_size,
+    )  # fmt: skip
     params = result.theta.view(len(linears), num_classes, -1)
     with torch.no_grad(), _few_threads_for_small(vx):  # every head's val predictions at once
         val_logits = torch.einsum("nd,hkd->hnk", vx, params[..., :-1]) + params[:, None, :, -1]
