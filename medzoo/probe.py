@@ -539,12 +539,7 @@ def fit_probes(
     vx = ((val_x.to(device) - mean) / std).float()
     ty, vy = train_y.to(device), val_y.to(device)
     decays = sorted(float(w) for w in weight_decays)
-    grid = len(decays)
-
-    def as_rows(subset: Sequence[int]) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
-
-    rows = [as_rows(s) for s in train_subsets]
+    rows = [_as_rows(s, device) for s in train_subsets]
     linears, result = _fit_linear_heads(
         tx, ty, num_classes, rows, decays, max_iter,
         tolerance_grad=tolerance_grad, history_size=history_size,
@@ -555,18 +550,26 @@ def fit_probes(
         correct = (val_logits.argmax(2) == vy[None]).float()  # [heads, n_val]
     out = []
     for p in range(len(rows)):
-        val_rows = (
-            torch.arange(len(vy), device=device) if val_subsets is None else as_rows(val_subsets[p])
-        )
-        best: ProbeHead | None = None
-        for g, weight_decay in enumerate(decays):
-            h = p * grid + g
-            accuracy = correct[h, val_rows].mean().item() if len(val_rows) else 0.0
-            if best is None or accuracy >= best.val_accuracy:
-                best = ProbeHead(
-                    linears[h], mean, std, weight_decay, accuracy,
-                    iterations=int(result.iterations[h]), converged=bool(result.converged[h]),
-                )  # fmt: skip
-        assert best is not None
-        out.append(best)
+        every = torch.arange(len(vy), device=device)
+        val_rows = every if val_subsets is None else _as_rows(val_subsets[p], device)
+        chosen = correct[p * len(decays) : (p + 1) * len(decays)][:, val_rows]
+        g = _choose_on_val(chosen)
+        h = p * len(decays) + g
+        accuracy = chosen[g].mean().item() if len(val_rows) else 0.0
+        done = int(result.iterations[h]), bool(result.converged[h])
+        out.append(ProbeHead(linears[h], mean, std, decays[g], accuracy, *done))
     return out
+
+
+def _as_rows(subset: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(subset, dtype=np.int64), device=device)
+
+
+def _choose_on_val(correct: torch.Tensor) -> int:
+    """The index of the best head by val accuracy (``correct [G, n_val]``, weight decays in
+    ascending order); ties go to the larger weight decay, the simpler model."""
+    if correct.shape[1] == 0:
+        return correct.shape[0] - 1
+    accuracy = correct.mean(1).tolist()
+    best = max(accuracy)
+    return max(g for g, a in enumerate(accuracy) if a == best)
