@@ -187,3 +187,36 @@ def test_bad_gate_arguments_give_one_line(
     assert main(["export", PROBE, *argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_the_fastest_passing_format_is_kept_and_qoperator_may_need_another_rung(tmp_path) -> None:
+    """QOperator quantises differently from QDQ: when it fails at the QDQ winner's fp32 set, the
+    next set up is tried, and a passing QOperator model replaces QDQ only when it is faster."""
+    dst, candidate = tmp_path / "int8.onnx", tmp_path / "candidate.onnx"
+    dst.write_text("qdq")
+    built: list[tuple[str, str, str]] = []
+    # QOperator passes only with the last block in fp32, and there only with entropy
+    passes = {("entropy", "stem+last-block")}
+
+    def build(method: str, keep: str, fmt: str, target: Path) -> dict:
+        built.append((method, keep, fmt))
+        target.write_text(f"{method}/{keep}/{fmt}")
+        return {"method": method, "keep_fp32": keep, "format": fmt,
+                "passed": (method, keep) in passes}  # fmt: skip
+
+    def latency(path: Path) -> float:
+        return 2.0 if path.read_text() == "qdq" else 1.0
+
+    best = {"method": "percentile", "keep_fp32": "stem", "format": "qdq", "passed": True}
+    chosen = mi._faster_format(best, build, dst, candidate, mi.FP32_LADDER, mi.CALIBRATION_METHODS, latency)  # fmt: skip
+    assert built[0] == ("percentile", "stem", "qoperator")  # the QDQ winner's method first
+    assert ("entropy", "stem+last-block", "qoperator") in built
+    assert not any(keep == "stem+layer4" for _, keep, _ in built)  # a passing rung ends it
+    assert (chosen["format"], chosen["method"], chosen["keep_fp32"]) == ("qoperator", "entropy", "stem+last-block")  # fmt: skip
+    assert dst.read_text() == "entropy/stem+last-block/qoperator"
+    assert chosen["format_seconds_per_batch_of_8"] == {"qdq": 2.0, "qoperator": 1.0}
+
+    # a passing QOperator model that is slower leaves the QDQ one in place
+    dst.write_text("qdq")
+    chosen = mi._faster_format(best, build, dst, candidate, mi.FP32_LADDER, mi.CALIBRATION_METHODS, lambda p: 1.0 if p.read_text() == "qdq" else 3.0)  # fmt: skip
+    assert chosen is best and dst.read_text() == "qdq"

@@ -25,8 +25,8 @@ def probe_convergence(rows: list[dict[str, Any]]) -> str:
     iterations = [int(r["probe_iterations"]) for r in probes]
     return (
         f" Chosen probe heads: {converged} of {len(probes)} converged "
-        f"({min(iterations)}-{max(iterations)} L-BFGS iterations; the rest stopped at "
-        "`probe.max_iter`)."
+        f"({min(iterations)}-{max(iterations)} L-BFGS iterations); {len(probes) - converged} "
+        "stopped at `probe.max_iter`."
         if converged < len(probes)
         else f" All {len(probes)} chosen probe heads converged "
         f"({min(iterations)}-{max(iterations)} L-BFGS iterations)."
