@@ -166,8 +166,9 @@ class InitRunner:
     def probe_head(
         self, run: PlannedRun, subset: np.ndarray, val_subset: np.ndarray
     ) -> tuple[ProbeHead, float]:
-        """The run's probe head, and the seconds of a batched fit that ran before this run (0
-        when it is fitted now, inside the run's own time)."""
+        """The run's probe head, and its share of the seconds of a batched fit that ran before
+        this run: charged to the first run that takes the head (0 after that, and 0 when the
+        head is fitted now, inside the run's own time)."""
         key = self._head_key(run)
         if key not in self._heads:
             ctx = self.context(run.seed)
@@ -175,7 +176,9 @@ class InitRunner:
                 self.features(ctx), self.splits, subset, val_subset, self.cfg, self.device
             )
             self._heads[key] = (head, 0.0)
-        return self._heads[key]
+        head, seconds = self._heads[key]
+        self._heads[key] = (head, 0.0)
+        return head, seconds
 
 
 def run_subsets(runner: InitRunner, run: PlannedRun) -> tuple[np.ndarray, np.ndarray]:
@@ -238,9 +241,10 @@ def select(
             "probe_iterations": head.iterations, "probe_converged": head.converged,
             "fit_seconds": round(seconds, 3),
         }  # fmt: skip
-    start_head = None
+    start_head, fit_seconds = None, 0.0
     if strategy.kind == "lp-ft":  # Kumar et al. 2022: fine-tune from the fitted linear probe
-        start_head = runner.probe_head(run, subset, val_subset)[0].folded()
+        probe, fit_seconds = runner.probe_head(run, subset, val_subset)
+        start_head = probe.folded()
     candidates = [(g,) for g in strategy.groups] if strategy.kind == "surgical-auto" else [None]
     if strategy.kind == "surgical":
         candidates = [strategy.groups]
@@ -253,7 +257,7 @@ def select(
     row = {
         "val_accuracy": result.val_accuracy, "steps": result.steps, "best_step": result.best_step,
         "lr": result.lr, "head_lr": result.head_lr,
-        "surgical_block": "+".join(groups) if groups else "",
+        "surgical_block": "+".join(groups) if groups else "", "fit_seconds": round(fit_seconds, 3),
     }  # fmt: skip
     return (ctx, result.model), row
 
