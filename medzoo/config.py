@@ -174,7 +174,7 @@ class PretrainConfig:
         validate_pretrain(self)
 
 
-def augment_compiled(cfg: PretrainConfig, device: Any = "cpu") -> bool:
+def augment_compiled(cfg: PretrainConfig, device: Any) -> bool:
     """Whether the augmentation runs under torch.compile on ``device``: ``augment.compile``,
     where ``"auto"`` means ``training.compile`` on CUDA only (on CPU the eager path, which skips
     the samples an optional op does not touch, measured faster at 224 px: docs/benchmarks.md).

@@ -135,7 +135,9 @@ class InitRunner:
         return self._get(ctx, "test")
 
     def _head_key(self, run: PlannedRun) -> tuple[int | None, str, int]:
-        return (self.context(run.seed).seed, run.budget.key, run.seed)
+        # the features' seed as init_context sets it (only a random init has one), without
+        # reading the registry again for every run
+        return (run.seed if self.random else None, run.budget.key, run.seed)
 
     def fit_probes(self, runs: list[PlannedRun]) -> None:
         """Fit the probe heads of ``runs`` (probe and LP-FT runs) together: one batched L-BFGS
